@@ -1,0 +1,444 @@
+"""The entropy-based, temporally dynamic memory bank of target embeddings (CSMCIR's third component).
+
+CSMCIR (Qian et al., arXiv 2601.03728) keeps a bank of target embeddings produced by the model while it
+trains, and draws extra negatives for the in-batch InfoNCE from it. The paper's equations are not public;
+this file implements our reading, written down in ``DESIGN.md`` ("Memory bank"):
+
+* a ring buffer (XBM-style, Wang et al. 2020) of detached, L2-normalised target embeddings, each with its
+  target id and the optimiser step it was encoded at;
+* strategies ``none``, ``fifo`` (every entry a negative), ``hard`` (the ``k_max`` hardest entries) and
+  ``entropy`` (a per-query ``k`` set by the normalised entropy of the query's similarity distribution);
+* false-negative masking by target id, age down-weighting, eviction past ``max_age``, replacement of a
+  target's stale entry when it is encoded again, a warm-up step, and in-place refresh of the oldest
+  entries (the trainer re-encodes them with the current model; possible because the towers are shared).
+
+The bank holds no parameters and takes no gradient; every operation is vectorised over entries. The
+trainer that feeds it is ``trainer_csmcir.CSMCIRTrainer``; the loss it plugs into is
+``modeling_csmcir.csmcir_contrastive_loss(logits_per_query, extra_negative_logits, target_ids)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+BANK_STRATEGIES = ("none", "fifo", "hard", "entropy")
+
+# Target ids are non-negative; this value marks an empty (or evicted / replaced) slot.
+EMPTY_ID = -1
+
+
+@dataclass
+class BankSelection:
+    """Statistics of the last :meth:`MemoryBank.negative_logits` call (for logging).
+
+    Attributes:
+        mean_k: mean number of bank entries served as negatives per query.
+        mean_entropy: mean normalised entropy ``H`` of the queries' bank similarity distributions
+            (``nan`` unless the strategy is ``entropy``).
+        num_candidates: mean number of unmasked entries a query could draw from.
+    """
+
+    mean_k: float = 0.0
+    mean_entropy: float = float("nan")
+    num_candidates: float = 0.0
+
+
+class MemoryBank:
+    r"""Ring buffer of detached target embeddings that serves hard negatives.
+
+    Storage (``C = capacity`` slots, ``D = dim``): ``embeddings`` ``(C, D)`` float32, L2-normalised;
+    ``target_ids`` ``(C,)`` int64 (``-1`` = empty slot); ``steps`` ``(C,)`` int64, the training step the entry
+    was encoded at; ``pointer``, the next slot the ring writes to.
+
+    For a query embedding ``q`` (L2-normalised), a positive target id ``y`` and the current step ``s``, the
+    logit of bank entry ``j`` (embedding ``e_j``, id ``y_j``, encoded at ``s_j``) is
+
+    .. math::
+
+        \ell_j = \text{logit\_scale}\cdot q^\top e_j \;-\; \frac{s - s_j}{\tau_{age}}
+
+    i.e. an age weight ``w_j = exp(-age_j / age_decay)`` multiplies the entry's term ``exp(\ell)`` in the
+    softmax denominator (no weighting when ``age_decay`` is ``None`` or ``<= 0``). Entry ``j`` is a candidate
+    for the query when it is occupied, ``y_j != y`` (false-negative masking) and ``s - s_j <= max_age``.
+    Among candidates the strategy keeps:
+
+    * ``fifo``: all of them;
+    * ``hard``: the ``k_max`` with the largest ``\ell_j``;
+    * ``entropy``: the ``k`` with the largest ``\ell_j``, where with ``p = softmax(\ell)`` over the ``n``
+      candidates, ``H = -\sum_j p_j \log p_j / \log n`` (``H = 0`` when ``n <= 1``) and
+      ``k = k_min + round((k_max - k_min) \cdot H)``, clamped to ``[0, n]``.
+
+    Entries not kept get logit ``-inf``, which ``csmcir_contrastive_loss`` ignores. Nothing is served before
+    step ``start_step`` or with strategy ``none``.
+
+    Args:
+        capacity: number of slots ``C``.
+        dim: embedding dimension ``D``.
+        strategy: one of ``none``, ``fifo``, ``hard``, ``entropy``.
+        k_min: fewest negatives a (confident) query gets under ``entropy``.
+        k_max: most negatives a query gets under ``entropy`` and ``hard``.
+        age_decay: ``\tau_{age}`` in steps; ``None`` or ``<= 0`` disables age down-weighting.
+        max_age: entries older than this many steps are evicted; ``None`` keeps them forever.
+        start_step: first step at which the bank serves negatives (it is filled before that).
+        device: where the bank's tensors live (the model's device).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        strategy: str = "entropy",
+        k_min: int = 16,
+        k_max: int = 256,
+        age_decay: float | None = 500.0,
+        max_age: int | None = 1000,
+        start_step: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError(f"MemoryBank capacity must be a positive integer, got {capacity}")
+        if dim <= 0:
+            raise ValueError(f"MemoryBank dim must be a positive integer, got {dim}")
+        if strategy not in BANK_STRATEGIES:
+            raise ValueError(f"MemoryBank strategy must be one of {BANK_STRATEGIES}, got {strategy!r}")
+        if not 0 <= k_min <= k_max:
+            raise ValueError(f"MemoryBank needs 0 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+        if max_age is not None and max_age < 0:
+            raise ValueError(f"MemoryBank max_age must be >= 0 or None, got {max_age}")
+        self.capacity = int(capacity)
+        self.dim = int(dim)
+        self.strategy = strategy
+        self.k_min = int(k_min)
+        self.k_max = int(k_max)
+        self.age_decay = float(age_decay) if age_decay is not None and age_decay > 0 else None
+        self.max_age = int(max_age) if max_age is not None else None
+        self.start_step = int(start_step)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.embeddings = torch.zeros(self.capacity, self.dim, dtype=torch.float32, device=device)
+        self.target_ids = torch.full((self.capacity,), EMPTY_ID, dtype=torch.long, device=device)
+        self.steps = torch.zeros(self.capacity, dtype=torch.long, device=device)
+        self.pointer = 0
+        self.num_enqueued = 0
+        self.num_rejected = 0
+        self.last_selection = BankSelection()
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.device
+
+    def to(self, device: torch.device | str) -> MemoryBank:
+        """Move the bank's tensors to ``device`` (in place) and return the bank."""
+        self.embeddings = self.embeddings.to(device)
+        self.target_ids = self.target_ids.to(device)
+        self.steps = self.steps.to(device)
+        return self
+
+    @property
+    def occupied(self) -> torch.Tensor:
+        """``(C,)`` bool: slots that hold an entry."""
+        return self.target_ids >= 0
+
+    def __len__(self) -> int:
+        return int(self.occupied.sum())
+
+    def ages(self, step: int) -> torch.Tensor:
+        """``(C,)`` int64 ``step - steps`` (meaningless for empty slots)."""
+        return step - self.steps
+
+    def is_serving(self, step: int) -> bool:
+        """Whether the bank serves negatives at ``step``: strategy is not ``none`` and ``step >= start_step``."""
+        return self.strategy != "none" and step >= self.start_step
+
+    # ------------------------------------------------------------------ writing
+    @torch.no_grad()
+    def evict(self, step: int) -> int:
+        """Empty every slot whose age ``step - steps`` exceeds ``max_age``; return how many were evicted."""
+        if self.max_age is None:
+            return 0
+        stale = self.occupied & (self.ages(step) > self.max_age)
+        count = int(stale.sum())
+        if count:
+            self.target_ids[stale] = EMPTY_ID
+        return count
+
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor, target_ids: torch.Tensor, step: int) -> int:
+        """Write a batch of target embeddings into the ring; return how many entries were written.
+
+        Rows with a non-finite value are rejected (with a warning). Every slot already holding one of the
+        batch's target ids is emptied first (re-encoding a target replaces its stale entry); a target id that
+        appears several times in the batch keeps its last row. The rows are re-normalised to unit L2 norm and
+        written at ``pointer, pointer + 1, ...`` modulo ``capacity``; when more than ``capacity`` rows arrive,
+        only the last ``capacity`` are kept. Entries past ``max_age`` are evicted afterwards.
+
+        Args:
+            embeddings: ``(N, D)`` target embeddings (any float dtype; detached here).
+            target_ids: ``(N,)`` non-negative integer target ids.
+            step: the training step the embeddings were computed at.
+        """
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(
+                f"MemoryBank.enqueue: embeddings must have shape (N, {self.dim}), got {tuple(embeddings.shape)}"
+            )
+        target_ids = target_ids.reshape(-1)
+        if target_ids.shape[0] != embeddings.shape[0]:
+            raise ValueError(
+                f"MemoryBank.enqueue: got {embeddings.shape[0]} embeddings but {target_ids.shape[0]} target ids"
+            )
+        if target_ids.numel() and int(target_ids.min()) < 0:
+            raise ValueError("MemoryBank.enqueue: target_ids must be non-negative integers")
+        embeddings = embeddings.detach().to(device=self.device, dtype=torch.float32)
+        target_ids = target_ids.detach().to(device=self.device, dtype=torch.long)
+
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not bool(finite.all()):
+            rejected = int((~finite).sum())
+            self.num_rejected += rejected
+            logger.warning(
+                f"MemoryBank.enqueue: rejected {rejected} of {finite.numel()} embeddings with non-finite values "
+                f"at step {step}; they are not stored."
+            )
+            embeddings, target_ids = embeddings[finite], target_ids[finite]
+
+        # Keep the last row of every id: row i is dropped when a later row j > i has the same id.
+        if target_ids.numel() > 1:
+            same = target_ids.unsqueeze(1) == target_ids.unsqueeze(0)
+            later = torch.ones_like(same).triu(diagonal=1)
+            keep = ~(same & later).any(dim=1)
+            embeddings, target_ids = embeddings[keep], target_ids[keep]
+
+        n = target_ids.numel()
+        if n == 0:
+            self.evict(step)
+            return 0
+        if n > self.capacity:
+            embeddings, target_ids = embeddings[-self.capacity :], target_ids[-self.capacity :]
+            n = self.capacity
+
+        self.target_ids[torch.isin(self.target_ids, target_ids)] = EMPTY_ID
+        slots = (self.pointer + torch.arange(n, device=self.device)) % self.capacity
+        self.embeddings[slots] = torch.nn.functional.normalize(embeddings, dim=-1)
+        self.target_ids[slots] = target_ids
+        self.steps[slots] = int(step)
+        self.pointer = (self.pointer + n) % self.capacity
+        self.num_enqueued += n
+        self.evict(step)
+        return n
+
+    def oldest_slots(self, count: int) -> torch.Tensor:
+        """Slots of the ``count`` oldest occupied entries, oldest first (ties: lower slot first)."""
+        occupied = self.occupied
+        count = min(int(count), int(occupied.sum()))
+        if count <= 0:
+            return torch.empty(0, dtype=torch.long, device=self.device)
+        # Empty slots sort last; stable sort keeps slot order among equal steps.
+        key = torch.where(occupied, self.steps, torch.iinfo(torch.long).max)
+        return torch.sort(key, stable=True).indices[:count]
+
+    @torch.no_grad()
+    def refresh(self, slots: torch.Tensor, embeddings: torch.Tensor, step: int) -> int:
+        """Overwrite the entries at ``slots`` with re-encoded ``embeddings`` and stamp them with ``step``.
+
+        Ids are unchanged. Rows with a non-finite value are skipped (with a warning), leaving the old entry.
+        Returns how many entries were refreshed.
+        """
+        slots = slots.to(device=self.device, dtype=torch.long).reshape(-1)
+        if embeddings.ndim != 2 or embeddings.shape != (slots.numel(), self.dim):
+            raise ValueError(
+                f"MemoryBank.refresh: embeddings must have shape ({slots.numel()}, {self.dim}), "
+                f"got {tuple(embeddings.shape)}"
+            )
+        embeddings = embeddings.detach().to(device=self.device, dtype=torch.float32)
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not bool(finite.all()):
+            logger.warning(
+                f"MemoryBank.refresh: skipped {int((~finite).sum())} re-encoded embeddings with non-finite values."
+            )
+            slots, embeddings = slots[finite], embeddings[finite]
+        self.embeddings[slots] = torch.nn.functional.normalize(embeddings, dim=-1)
+        self.steps[slots] = int(step)
+        return int(slots.numel())
+
+    # ------------------------------------------------------------------ reading
+    def candidate_mask(self, positive_ids: torch.Tensor, step: int) -> torch.Tensor:
+        """``(B, C)`` bool: entry ``j`` is a candidate negative for query ``i``.
+
+        ``mask[i, j] = occupied_j  and  target_ids_j != positive_ids_i  and  (step - steps_j) <= max_age``.
+        """
+        usable = self.occupied
+        if self.max_age is not None:
+            usable = usable & (self.ages(step) <= self.max_age)
+        positive_ids = positive_ids.to(self.device).reshape(-1, 1)
+        return usable.unsqueeze(0) & (self.target_ids.unsqueeze(0) != positive_ids)
+
+    def entropy_k(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Per-query ``k`` from the normalised entropy of ``softmax(logits)`` over the candidates.
+
+        With ``n_i = mask[i].sum()`` and ``p_i = softmax(logits[i, mask[i]])``:
+        ``H_i = -\sum_j p_{ij} \log p_{ij} / \log n_i`` (``0`` when ``n_i <= 1``),
+        ``k_i = min(n_i, k_min + round((k_max - k_min) H_i))``.
+
+        Returns ``(k, H)``, both ``(B,)`` (``k`` int64, ``H`` float32).
+        """
+        logits = logits.float().masked_fill(~mask, float("-inf"))
+        n = mask.sum(dim=1)
+        log_p = torch.log_softmax(logits, dim=1)
+        p = log_p.exp()
+        # 0 * log 0 = 0: zero the masked terms before summing (masked log_p is -inf, p is 0).
+        plogp = torch.where(mask, p * log_p, torch.zeros_like(p))
+        entropy = -plogp.sum(dim=1)
+        log_n = torch.log(n.clamp(min=1).to(entropy.dtype))
+        h = torch.where(n > 1, entropy / log_n.clamp(min=1e-12), torch.zeros_like(entropy)).clamp(0.0, 1.0)
+        k = self.k_min + torch.round((self.k_max - self.k_min) * h).long()
+        return torch.minimum(k, n), h
+
+    def negative_logits(
+        self,
+        query_embeds: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        positive_ids: torch.Tensor | None,
+        step: int,
+    ) -> torch.Tensor | None:
+        r"""Extra negative logits ``(B, C)`` for a batch of queries, ``-inf`` where not served.
+
+        ``logits[i, j] = logit_scale * q_i^T e_j - (step - steps_j) / age_decay`` for the entries the strategy
+        selects (see the class docstring), ``-inf`` elsewhere. Gradients flow into ``query_embeds`` and
+        ``logit_scale``; the bank itself is constant. Selection (masks, entropies, top-k) is done without
+        gradient. Returns ``None`` when the bank does not serve at ``step`` (strategy ``none``, warm-up, or no
+        candidate for any query), so the loss is the plain in-batch InfoNCE. Statistics of the call are kept
+        in :attr:`last_selection`.
+
+        Args:
+            query_embeds: ``(B, D)`` L2-normalised query embeddings.
+            logit_scale: ``1 / temperature`` (a scalar tensor or float).
+            positive_ids: ``(B,)`` target ids of the queries' positives (masked as false negatives); ``None``
+                disables id masking.
+            step: the current training step (ages are measured from it).
+        """
+        self.last_selection = BankSelection()
+        if not self.is_serving(step) or not bool(self.occupied.any()):
+            return None
+        if query_embeds.ndim != 2 or query_embeds.shape[1] != self.dim:
+            raise ValueError(
+                f"MemoryBank.negative_logits: query_embeds must have shape (B, {self.dim}), "
+                f"got {tuple(query_embeds.shape)}"
+            )
+        batch = query_embeds.shape[0]
+        if positive_ids is None:
+            positive_ids = torch.full((batch,), EMPTY_ID, dtype=torch.long, device=self.device)
+        bank = self.embeddings.to(device=query_embeds.device, dtype=query_embeds.dtype)
+        logits = logit_scale * (query_embeds @ bank.T)
+        if self.age_decay is not None:
+            log_weight = -self.ages(step).to(device=logits.device, dtype=logits.dtype) / self.age_decay
+            logits = logits + log_weight.unsqueeze(0)
+
+        with torch.no_grad():
+            mask = self.candidate_mask(positive_ids, step).to(logits.device)
+            n = mask.sum(dim=1)
+            if not bool((n > 0).any()):
+                return None
+            if self.strategy == "fifo":
+                keep = mask
+                k = n
+                h = None
+            else:
+                if self.strategy == "entropy":
+                    k, h = self.entropy_k(logits.detach(), mask)
+                else:
+                    k, h = torch.minimum(torch.full_like(n, self.k_max), n), None
+                k_top = min(self.k_max, self.capacity)
+                ranked = logits.detach().masked_fill(~mask, float("-inf"))
+                top = torch.topk(ranked, k_top, dim=1).indices
+                chosen = torch.arange(k_top, device=logits.device).unsqueeze(0) < k.unsqueeze(1)
+                keep = torch.zeros_like(mask).scatter_(1, top, chosen) & mask
+            self.last_selection = BankSelection(
+                mean_k=float(k.float().mean()),
+                mean_entropy=float(h.mean()) if h is not None else float("nan"),
+                num_candidates=float(n.float().mean()),
+            )
+        return logits.masked_fill(~keep, float("-inf"))
+
+    # ------------------------------------------------------------------ logging and persistence
+    def stats(self, step: int) -> dict[str, float]:
+        """Numbers for the training log: ``bank_size`` (occupied slots), ``bank_mean_age`` (steps, over occupied
+        slots; 0 when empty), ``bank_fill`` (``bank_size / capacity``), ``bank_mean_k`` (from the last
+        selection), ``bank_enqueued`` and ``bank_rejected`` (totals since creation)."""
+        occupied = self.occupied
+        size = int(occupied.sum())
+        mean_age = float(self.ages(step)[occupied].float().mean()) if size else 0.0
+        return {
+            "bank_size": float(size),
+            "bank_mean_age": mean_age,
+            "bank_fill": size / self.capacity,
+            "bank_mean_k": self.last_selection.mean_k,
+            "bank_enqueued": float(self.num_enqueued),
+            "bank_rejected": float(self.num_rejected),
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that fully describe the bank's contents (safetensors-compatible: contiguous CPU tensors)."""
+        return {
+            "embeddings": self.embeddings.detach().cpu().contiguous(),
+            "target_ids": self.target_ids.detach().cpu().contiguous(),
+            "steps": self.steps.detach().cpu().contiguous(),
+            "pointer": torch.tensor(self.pointer, dtype=torch.long),
+            "num_enqueued": torch.tensor(self.num_enqueued, dtype=torch.long),
+            "num_rejected": torch.tensor(self.num_rejected, dtype=torch.long),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the contents saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: a key is missing, or the saved bank's capacity or embedding dimension differs from this
+                bank's (e.g. a checkpoint from a run with another ``bank_size`` or model ``embed_dim``).
+        """
+        required = ("embeddings", "target_ids", "steps", "pointer")
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise ValueError(f"MemoryBank.load_state_dict: missing keys {missing}; got keys {sorted(state)}")
+        embeddings = state["embeddings"]
+        if embeddings.ndim != 2:
+            raise ValueError(
+                f"MemoryBank.load_state_dict: 'embeddings' must be 2-D (capacity, dim), got shape "
+                f"{tuple(embeddings.shape)}"
+            )
+        saved_capacity, saved_dim = embeddings.shape
+        if saved_dim != self.dim:
+            raise ValueError(
+                f"MemoryBank.load_state_dict: saved bank has embedding dimension {saved_dim}, but this bank (and "
+                f"the model's embed_dim) is {self.dim}"
+            )
+        if saved_capacity != self.capacity:
+            raise ValueError(
+                f"MemoryBank.load_state_dict: saved bank has capacity {saved_capacity}, but this bank has capacity "
+                f"{self.capacity} (bank_size); resume with the same bank_size"
+            )
+        for key in ("target_ids", "steps"):
+            if tuple(state[key].shape) != (self.capacity,):
+                raise ValueError(
+                    f"MemoryBank.load_state_dict: {key!r} must have shape ({self.capacity},), got "
+                    f"{tuple(state[key].shape)}"
+                )
+        if not bool(torch.isfinite(embeddings).all()):
+            raise ValueError("MemoryBank.load_state_dict: saved 'embeddings' contain non-finite values")
+        self.embeddings = embeddings.to(device=self.device, dtype=torch.float32).clone()
+        self.target_ids = state["target_ids"].to(device=self.device, dtype=torch.long).clone()
+        self.steps = state["steps"].to(device=self.device, dtype=torch.long).clone()
+        self.pointer = int(state["pointer"]) % self.capacity
+        self.num_enqueued = int(state.get("num_enqueued", torch.tensor(0)))
+        self.num_rejected = int(state.get("num_rejected", torch.tensor(0)))
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryBank(capacity={self.capacity}, dim={self.dim}, strategy={self.strategy!r}, k_min={self.k_min}, "
+            f"k_max={self.k_max}, age_decay={self.age_decay}, max_age={self.max_age}, start_step={self.start_step}, "
+            f"size={len(self)})"
+        )
+
