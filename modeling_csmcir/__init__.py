@@ -1,1 +1,28 @@
-from .captions import load_caption_entries, load_target_captions, make_caption_entry, save_caption_file
+"""CSMCIR: composed image retrieval with MCoT target captions, a shared-parameter symmetric Q-Former dual tower
+and an entropy-based, temporally dynamic memory bank — as native Hugging Face transformers classes.
+
+Importing this package registers `csmcir` with `AutoConfig`, `AutoModel` and `AutoProcessor`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration_csmcir import CSMCIRConfig
+from .modeling_csmcir import CSMCIRModel, CSMCIROutput, CSMCIRPreTrainedModel, csmcir_contrastive_loss
+from .processing_csmcir import CSMCIRProcessor
+
+AutoConfig.register("csmcir", CSMCIRConfig, exist_ok=True)
+AutoModel.register(CSMCIRConfig, CSMCIRModel, exist_ok=True)
+AutoProcessor.register(CSMCIRConfig, CSMCIRProcessor, exist_ok=True)
+# save_pretrained writes auto_map and copies the defining files, so a saved folder is a self-contained Hub repo.
+CSMCIRConfig.register_for_auto_class()
+CSMCIRModel.register_for_auto_class("AutoModel")
+CSMCIRProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "CSMCIRConfig",
+    "CSMCIRModel",
+    "CSMCIROutput",
+    "CSMCIRPreTrainedModel",
+    "CSMCIRProcessor",
+    "csmcir_contrastive_loss",
+]

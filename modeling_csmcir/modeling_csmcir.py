@@ -1,0 +1,457 @@
+"""CSMCIR: a symmetric, shared-parameter Q-Former dual tower for composed image retrieval.
+
+Implements the model of Qian et al., "CSMCIR: CoT-Enhanced Symmetric Alignment with Memory Bank for Composed
+Image Retrieval" (ACL Findings 2026), built from transformers' own BLIP-2 modules so that a BLIP-2 checkpoint
+(`Blip2ForImageTextRetrieval`, e.g. `Salesforce/blip2-itm-vit-g`) maps onto it name for name.
+
+* Query tower: reference image + modification text. The query tokens and the text go through the Q-Former in
+  one joint pass (query tokens cross-attend to the image, text tokens attend to the query tokens); the text
+  [CLS] state, projected by `text_projection` and L2-normalised, is the query embedding (as in SPRC).
+* Target tower: target image + its MCoT caption, through **exactly the same code and parameters**. Without
+  a caption (the asymmetric, SPRC-style ablation) the target is encoded from the image alone: the query
+  tokens' outputs, projected by `vision_projection`, normalised per token, pooled, normalised again.
+* Loss: InfoNCE of each query against the batch's targets (`csmcir_contrastive_loss`), which also accepts
+  extra negative logits — the memory bank (`memory_bank.py`) plugs in there.
+
+This file is copied into every saved Hub folder: it imports only torch, transformers and its siblings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.blip_2.configuration_blip_2 import Blip2VisionConfig
+from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
+from transformers.utils import logging
+
+from .configuration_csmcir import CSMCIRConfig
+
+logger = logging.get_logger(__name__)
+
+
+def csmcir_contrastive_loss(
+    logits_per_query: torch.Tensor,
+    extra_negative_logits: torch.Tensor | None = None,
+    target_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""InfoNCE of queries against in-batch targets, optionally with extra negatives.
+
+    For query i with logits s_ij = cos(q_i, t_j) / τ over the batch's targets and extra negative logits
+    e_im (e.g. from a memory bank, already scaled by 1/τ and weighted; -inf where not selected):
+
+        L = -1/B Σ_i log( exp(s_ii) / (Σ_j m_ij exp(s_ij) + Σ_m exp(e_im)) )
+
+    where m_ij = 0 when j ≠ i but t_j is the same target as t_i (`target_ids[j] == target_ids[i]`), a false
+    negative, and 1 otherwise.
+
+    Args:
+        logits_per_query: `(B, B)` scaled similarities; the diagonal holds the positives.
+        extra_negative_logits: `(B, M)` scaled logits of extra negatives; `-inf` entries are ignored.
+        target_ids: `(B,)` integer identity of each target, to mask in-batch duplicates.
+    """
+    if logits_per_query.dim() != 2 or logits_per_query.shape[0] != logits_per_query.shape[1]:
+        raise ValueError(f"logits_per_query must be square (B, B), got {tuple(logits_per_query.shape)}")
+    batch_size = logits_per_query.shape[0]
+    logits = logits_per_query
+    if target_ids is not None:
+        if target_ids.shape != (batch_size,):
+            raise ValueError(f"target_ids must have shape ({batch_size},), got {tuple(target_ids.shape)}")
+        duplicate = target_ids[:, None] == target_ids[None, :]
+        duplicate.fill_diagonal_(False)
+        logits = logits.masked_fill(duplicate, float("-inf"))
+    if extra_negative_logits is not None:
+        if extra_negative_logits.dim() != 2 or extra_negative_logits.shape[0] != batch_size:
+            raise ValueError(
+                f"extra_negative_logits must have shape ({batch_size}, M), got {tuple(extra_negative_logits.shape)}"
+            )
+        logits = torch.cat([logits, extra_negative_logits.to(logits.dtype)], dim=1)
+    labels = torch.arange(batch_size, device=logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+@dataclass
+class CSMCIROutput(ModelOutput):
+    r"""Output of [`CSMCIRModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): in-batch InfoNCE (returned when `return_loss`).
+        logits_per_query (`torch.FloatTensor` of shape `(B, B)`): `query_embeds @ target_embeds.T / τ`.
+        query_embeds (`torch.FloatTensor` of shape `(B, embed_dim)`): L2-normalised query embeddings.
+        target_embeds (`torch.FloatTensor` of shape `(B, embed_dim)`): L2-normalised target embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_query: torch.FloatTensor | None = None
+    query_embeds: torch.FloatTensor | None = None
+    target_embeds: torch.FloatTensor | None = None
+
+
+class CSMCIRQFormerTower(nn.Module):
+    """One Q-Former tower: query tokens, text embeddings, Q-Former and the two projections.
+
+    The shared (symmetric) model owns one of these and uses it for queries and targets. The unshared ablation
+    (`config.share_qformer=False`) owns a second one for targets.
+    """
+
+    def __init__(self, config: CSMCIRConfig) -> None:
+        super().__init__()
+        qformer_config = config.qformer_config
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_config.hidden_size))
+        self.embeddings = Blip2TextEmbeddings(qformer_config)
+        self.qformer = Blip2QFormerModel._from_config(qformer_config)
+        self.vision_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim)
+        self.text_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim)
+
+
+def _fused_features(
+    tower: CSMCIRQFormerTower | "CSMCIRModel",
+    image_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Joint query-token + text pass over an image; returns the projected, normalised text [CLS] state."""
+    batch_size = image_embeds.shape[0]
+    query_tokens = tower.query_tokens.expand(batch_size, -1, -1)
+    num_query = query_tokens.shape[1]
+    embeddings = tower.embeddings(input_ids=input_ids, query_embeds=query_tokens)
+    query_mask = torch.ones(batch_size, num_query, dtype=attention_mask.dtype, device=attention_mask.device)
+    outputs = tower.qformer(
+        query_embeds=embeddings,
+        query_length=num_query,
+        attention_mask=torch.cat([query_mask, attention_mask], dim=1),
+        encoder_hidden_states=image_embeds,
+    )
+    text_cls = outputs.last_hidden_state[:, num_query, :]
+    text_cls = text_cls.to(tower.text_projection.weight.dtype)
+    return F.normalize(tower.text_projection(text_cls), dim=-1)
+
+
+def _image_token_features(tower: CSMCIRQFormerTower | "CSMCIRModel", image_embeds: torch.Tensor) -> torch.Tensor:
+    """Image-only Q-Former pass; returns `(B, num_query_tokens, embed_dim)` per-token normalised features."""
+    query_tokens = tower.query_tokens.expand(image_embeds.shape[0], -1, -1)
+    outputs = tower.qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+    tokens = outputs.last_hidden_state.to(tower.vision_projection.weight.dtype)
+    return F.normalize(tower.vision_projection(tokens), dim=-1)
+
+
+class CSMCIRPreTrainedModel(PreTrainedModel):
+    config: CSMCIRConfig
+    config_class = CSMCIRConfig
+    base_model_prefix = "csmcir"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _supports_flash_attn = False  # the Q-Former is kept in fp32, which blocks flash attention
+    _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    _no_split_modules = ["Blip2QFormerMultiHeadAttention", "Blip2EncoderLayer", "Blip2TextEmbeddings"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, (CSMCIRModel, CSMCIRQFormerTower)):
+            init.normal_(module.query_tokens, mean=0.0, std=std)
+            if isinstance(module, CSMCIRModel):
+                init.constant_(module.temperature, self.config.contrastive_temperature)
+        elif isinstance(module, Blip2TextEmbeddings):
+            # A non-persistent buffer: from_pretrained builds on the meta device and would leave it as garbage.
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+def _build_vision_model(vision_config: Any) -> nn.Module:
+    if isinstance(vision_config, Blip2VisionConfig):
+        return Blip2VisionModel._from_config(vision_config)
+    return AutoModel.from_config(vision_config)
+
+
+def _require_tensor(name: str, value: Any, dims: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"`{name}` must be a torch.Tensor, got {type(value).__name__}; use CSMCIRProcessor to turn images and "
+            "text into tensors."
+        )
+    if value.dim() not in dims:
+        raise ValueError(f"`{name}` must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+class CSMCIRModel(CSMCIRPreTrainedModel):
+    r"""CSMCIR composed image retrieval model: a vision tower and one shared Q-Former for queries and targets.
+
+    Submodules are named as in [`Blip2ForImageTextRetrieval`] (`vision_model`, `query_tokens`, `embeddings`,
+    `qformer`, `vision_projection`, `text_projection`) so BLIP-2 weights load without renaming.
+
+    Example:
+
+    ```python
+    >>> model = CSMCIRModel(CSMCIRConfig.tiny())
+    >>> processor = CSMCIRProcessor.tiny()
+    >>> query = processor(images=reference_image, text="make it red", return_tensors="pt")
+    >>> target = processor(images=target_image, text="a red square on the left", return_tensors="pt")
+    >>> q = model.get_query_features(**query)
+    >>> t = model.get_target_features(**target)
+    >>> score = (q @ t.T).item()
+    ```
+    """
+
+    # A contrastive loss is a per-batch mean: it must not be rescaled by the Trainer's num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: CSMCIRConfig) -> None:
+        super().__init__(config)
+        qformer_config = config.qformer_config
+        self.vision_model = _build_vision_model(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_config.hidden_size))
+        self.embeddings = Blip2TextEmbeddings(qformer_config)
+        self.qformer = Blip2QFormerModel._from_config(qformer_config)
+        self.vision_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim)
+        self.text_projection = nn.Linear(qformer_config.hidden_size, config.embed_dim)
+        self.temperature = nn.Parameter(torch.tensor(float(config.contrastive_temperature)))
+        # The ablation with two unshared towers; None in the symmetric model (the paper's design).
+        self.target_tower = None if config.share_qformer else CSMCIRQFormerTower(config)
+        self.post_init()
+        if config.freeze_vision:
+            self.vision_model.requires_grad_(False)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.word_embeddings = value
+
+    def train(self, mode: bool = True) -> "CSMCIRModel":
+        """Like `nn.Module.train`, but a frozen vision tower stays in eval mode (no dropout on fixed features)."""
+        super().train(mode)
+        if self.config.freeze_vision:
+            self.vision_model.eval()
+        return self
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """1 / τ with τ the learnable temperature clamped to `config.min_temperature`."""
+        return 1.0 / self.temperature.clamp(min=self.config.min_temperature)
+
+    @property
+    def _target_tower(self) -> "CSMCIRQFormerTower | CSMCIRModel":
+        return self if self.target_tower is None else self.target_tower
+
+    # ----------------------------------------------------------------------------------------------- features
+
+    def get_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision tower features `(B, N, vision_hidden_size)` that the Q-Former cross-attends to.
+
+        With a frozen tower they can be computed once and passed back as `image_embeds` to every other
+        method (gallery encoding, training with cached features).
+        """
+        pixel_values = _require_tensor("pixel_values", pixel_values, (4,))
+        parameter = next(self.vision_model.parameters())
+        pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
+            return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def _resolve_image_embeds(
+        self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None, name: str
+    ) -> torch.Tensor:
+        if image_embeds is not None:
+            return _require_tensor(f"{name}image_embeds", image_embeds, (3,))
+        if pixel_values is None:
+            raise ValueError(
+                f"`{name}pixel_values` is missing: CSMCIR needs an image on this side (or precomputed "
+                f"`{name}image_embeds` from `get_image_embeds`)."
+            )
+        _require_tensor(f"{name}pixel_values", pixel_values, (4,))
+        return self.get_image_embeds(pixel_values)
+
+    @staticmethod
+    def _check_text(name: str, input_ids: Any, attention_mask: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids = _require_tensor(f"{name}input_ids", input_ids, (2,))
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"`{name}input_ids` is empty (shape {tuple(input_ids.shape)}): the text has no tokens.")
+        if input_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"`{name}input_ids` has batch size {input_ids.shape[0]} but the images have batch size {batch_size}."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = _require_tensor(f"{name}attention_mask", attention_mask, (2,))
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`{name}attention_mask` has shape {tuple(attention_mask.shape)}, expected {tuple(input_ids.shape)} "
+                f"like `{name}input_ids`."
+            )
+        if not bool((attention_mask.sum(dim=1) > 0).all()):
+            empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            raise ValueError(f"`{name}attention_mask` masks every token of rows {empty}: empty text.")
+        return input_ids, attention_mask
+
+    def get_query_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""Query embeddings `(B, embed_dim)`, L2-normalised.
+
+        q = normalize(W_text · QFormer([query_tokens; embed(text)], cross-attending to ViT(reference))[CLS_text])
+        """
+        image_embeds = self._resolve_image_embeds(pixel_values, image_embeds, "")
+        if input_ids is None:
+            raise ValueError("`input_ids` is missing: a composed query needs the modification text.")
+        input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
+        return _fused_features(self, image_embeds, input_ids, attention_mask)
+
+    def get_target_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""Target embeddings `(B, embed_dim)`, L2-normalised.
+
+        With a caption (`input_ids`), exactly the query computation on (target image, caption): the symmetric
+        tower. Without one, image only: t = normalize(pool_k normalize(W_vision · QFormer(query_tokens, ViT)_k)).
+        """
+        image_embeds = self._resolve_image_embeds(pixel_values, image_embeds, "")
+        tower = self._target_tower
+        if input_ids is not None:
+            input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
+            return _fused_features(tower, image_embeds, input_ids, attention_mask)
+        tokens = _image_token_features(tower, image_embeds)
+        pooled = tokens[:, 0] if self.config.image_only_pooling == "first" else tokens.mean(dim=1)
+        return F.normalize(pooled, dim=-1)
+
+    def get_image_token_features(
+        self, pixel_values: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-query-token image features `(B, num_query_tokens, embed_dim)`, each normalised (BLIP-2's ITC image side)."""
+        image_embeds = self._resolve_image_embeds(pixel_values, image_embeds, "")
+        return _image_token_features(self._target_tower, image_embeds)
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        target_input_ids: torch.Tensor | None = None,
+        target_attention_mask: torch.Tensor | None = None,
+        target_ids: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        target_image_embeds: torch.Tensor | None = None,
+        return_loss: bool = True,
+        return_dict: bool | None = None,
+    ) -> CSMCIROutput:
+        r"""Encode queries and targets and score every query against every target of the batch.
+
+        Args:
+            pixel_values / image_embeds: reference images (or their cached vision features).
+            input_ids, attention_mask: modification texts.
+            target_pixel_values / target_image_embeds: target images (or cached features).
+            target_input_ids, target_attention_mask: target captions; omit for image-only targets.
+            target_ids: `(B,)` identity of each target; duplicates inside a batch are not used as negatives.
+            return_loss: compute the in-batch InfoNCE (`csmcir_contrastive_loss`).
+        """
+        query_embeds = self.get_query_features(pixel_values, input_ids, attention_mask, image_embeds)
+        if target_pixel_values is None and target_image_embeds is None:
+            raise ValueError("`target_pixel_values` is missing: the forward pass scores queries against targets.")
+        target_embeds = self.get_target_features(
+            target_pixel_values, target_input_ids, target_attention_mask, target_image_embeds
+        )
+        if target_embeds.shape[0] != query_embeds.shape[0]:
+            raise ValueError(
+                f"Batch size mismatch: {query_embeds.shape[0]} queries (`pixel_values`/`input_ids`) but "
+                f"{target_embeds.shape[0]} targets (`target_pixel_values`): each query needs its target."
+            )
+        logits_per_query = self.logit_scale * query_embeds @ target_embeds.t()
+        loss = None
+        if return_loss:
+            if target_ids is not None:
+                target_ids = _require_tensor("target_ids", target_ids, (1,)).to(logits_per_query.device)
+            loss = csmcir_contrastive_loss(logits_per_query, target_ids=target_ids)
+        return CSMCIROutput(
+            loss=loss, logits_per_query=logits_per_query, query_embeds=query_embeds, target_embeds=target_embeds
+        )
+
+    # ---------------------------------------------------------------------------------------- identity, BLIP-2
+
+    def model_fingerprint(self) -> str:
+        """A short hash of the config and the weights: identifies the model that built a gallery or cache."""
+        digest = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            flat = tensor.detach().float().flatten()
+            # A strided sample plus the sum keeps this cheap for ViT-g sized towers while still catching updates.
+            sample = flat[:: max(1, flat.numel() // 64)]
+            digest.update(sample.cpu().numpy().tobytes())
+            digest.update(flat.sum().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    @classmethod
+    def from_blip2_pretrained(cls, pretrained_model_name_or_path: str, **config_overrides: Any) -> "CSMCIRModel":
+        """Build a CSMCIR model from a transformers BLIP-2 checkpoint.
+
+        Works with `Blip2ForImageTextRetrieval` (e.g. `Salesforce/blip2-itm-vit-g`): vision tower, Q-Former, text
+        embeddings, query tokens and both projections are copied; the temperature too when present. With a
+        `Blip2Model` / `Blip2ForConditionalGeneration` checkpoint there are no text embeddings or projections:
+        those keep their fresh initialisation (a warning lists them).
+        """
+        from transformers import AutoConfig, Blip2ForImageTextRetrieval, Blip2Model
+
+        blip2_config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        architectures = blip2_config.architectures or []
+        peer_class = Blip2Model if any("Blip2Model" == a or "Generation" in a for a in architectures) else None
+        peer_class = peer_class or Blip2ForImageTextRetrieval
+        peer = peer_class.from_pretrained(pretrained_model_name_or_path)
+        qformer_config = blip2_config.qformer_config.to_dict()
+        qformer_config["use_qformer_text_input"] = True
+        settings: dict[str, Any] = dict(
+            vision_config=blip2_config.vision_config,
+            qformer_config=qformer_config,
+            num_query_tokens=blip2_config.num_query_tokens,
+            embed_dim=getattr(blip2_config, "image_text_hidden_size", 256),
+        )
+        settings.update(config_overrides)
+        model = cls(CSMCIRConfig(**settings))
+        source = {k: v for k, v in peer.state_dict().items() if not k.startswith(("itm_head", "language_model"))}
+        source = {("temperature" if k == "temp" else k): v for k, v in source.items()}
+        if "temperature" in source and source["temperature"].dim() == 1:
+            source["temperature"] = source["temperature"].reshape(())
+        missing, unexpected = model.load_state_dict(source, strict=False)
+        missing = [k for k in missing if not k.startswith("target_tower.")]
+        unexpected = [k for k in unexpected if not k.startswith(("language_projection", "qformer.layernorm_lm"))]
+        if unexpected:
+            logger.warning("BLIP-2 weights not used by CSMCIR: %s", ", ".join(sorted(unexpected)))
+        if missing:
+            logger.warning("CSMCIR weights not found in the BLIP-2 checkpoint (freshly initialised): %s", ", ".join(missing))
+        if model.target_tower is not None:
+            model.target_tower.load_state_dict(
+                {k: v for k, v in source.items() if k.split(".")[0] in dict(model.target_tower.named_children())
+                 or k == "query_tokens"},
+                strict=False,
+            )
+        return model
+
+
+__all__ = ["CSMCIRModel", "CSMCIRPreTrainedModel", "CSMCIROutput", "CSMCIRQFormerTower", "csmcir_contrastive_loss"]
