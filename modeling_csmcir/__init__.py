@@ -6,6 +6,7 @@ Importing this package registers `csmcir` with `AutoConfig`, `AutoModel` and `Au
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
+from .captions import load_caption_entries, load_target_captions, make_caption_entry, save_caption_file
 from .configuration_csmcir import CSMCIRConfig
 from .modeling_csmcir import CSMCIRModel, CSMCIROutput, CSMCIRPreTrainedModel, csmcir_contrastive_loss
 from .processing_csmcir import CSMCIRProcessor
@@ -25,4 +26,8 @@ __all__ = [
     "CSMCIRPreTrainedModel",
     "CSMCIRProcessor",
     "csmcir_contrastive_loss",
+    "load_caption_entries",
+    "load_target_captions",
+    "make_caption_entry",
+    "save_caption_file",
 ]
