@@ -7,6 +7,7 @@ Importing this package registers `csmcir` with `AutoConfig`, `AutoModel` and `Au
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .captions import load_caption_entries, load_target_captions, make_caption_entry, save_caption_file
+from .mcot import MCoTPrompt, generate_mcot_captions, load_captioning_pipeline, load_mcot_prompt, parse_mcot_answer
 from .configuration_csmcir import CSMCIRConfig
 from .modeling_csmcir import CSMCIRModel, CSMCIROutput, CSMCIRPreTrainedModel, csmcir_contrastive_loss
 from .processing_csmcir import CSMCIRProcessor
@@ -26,7 +27,12 @@ __all__ = [
     "CSMCIRPreTrainedModel",
     "CSMCIRProcessor",
     "csmcir_contrastive_loss",
+    "MCoTPrompt",
+    "generate_mcot_captions",
     "load_caption_entries",
+    "load_captioning_pipeline",
+    "load_mcot_prompt",
+    "parse_mcot_answer",
     "load_target_captions",
     "make_caption_entry",
     "save_caption_file",

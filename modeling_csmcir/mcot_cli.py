@@ -1,0 +1,148 @@
+"""``csmcir-caption``: write MCoT target captions for an image folder or dataset split with any Hub VLM.
+
+Examples::
+
+    csmcir-caption --image_dir images/dress --model_name_or_path Qwen/Qwen2-VL-2B-Instruct \\
+        --prompt fashion --output_file captions/cap.dress.mcot.json --batch_size 8
+    csmcir-caption --dataset data/cirr --split val --model_name_or_path llava-hf/llava-1.5-7b-hf \\
+        --output_file captions/cirr.val.mcot.json
+
+A killed run is resumed by running the same command again. Images that cannot be read are listed with the
+reason in ``<output_file>.skipped.json`` (when there are any).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from .captions import save_caption_file
+from .mcot import (
+    ImageRecord,
+    generate_mcot_captions,
+    images_from_cirr_split,
+    images_from_directory,
+    images_from_saved_dataset,
+    load_captioning_pipeline,
+    load_mcot_prompt,
+)
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MCoTCaptionArguments:
+    """Arguments of ``csmcir-caption``."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub id or folder of a vision-language model with a chat template."})
+    output_file: str = field(metadata={"help": "Caption file to write (and resume), authors' JSON format."})
+    image_dir: str | None = field(default=None, metadata={"help": "Folder of images (searched recursively)."})
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "A CIRR-layout root (image_splits/split.rc2.<split>.json) or a datasets save_to_disk folder."},
+    )
+    dataset_format: str = field(default="auto", metadata={"help": "auto, cirr or hf (a save_to_disk folder)."})
+    split: str | None = field(default=None, metadata={"help": "Split to caption (CIRR: train/val/test1)."})
+    image_root: str | None = field(default=None, metadata={"help": "CIRR: folder the split's relative paths start from."})
+    image_column: str | None = field(default=None, metadata={"help": "hf: image column (default: first Image column)."})
+    name_column: str | None = field(default=None, metadata={"help": "hf: column naming each image (default: auto)."})
+    keep_extension: bool = field(default=False, metadata={"help": "image_dir: keep file extensions in image names."})
+    prompt: str = field(default="general", metadata={"help": "Shipped prompt name (general, fashion) or a prompt file."})
+    chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template (string or file) if missing."})
+    batch_size: int = field(default=4, metadata={"help": "Images per generate call."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per image."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, mps ... (default: accelerate's)."})
+    device_map: str | None = field(default=None, metadata={"help": "e.g. auto, to shard a large VLM across devices."})
+    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code from the Hub."})
+    limit: int | None = field(default=None, metadata={"help": "Caption only the first N images (for a trial run)."})
+    save_every: int = field(default=50, metadata={"help": "Rewrite the caption file every N batches."})
+    num_workers: int = field(default=2, metadata={"help": "Threads decoding images ahead of generation."})
+
+    def __post_init__(self):
+        if (self.image_dir is None) == (self.dataset is None):
+            raise ValueError("pass exactly one of --image_dir or --dataset")
+        if self.dataset_format not in {"auto", "cirr", "hf"}:
+            raise ValueError(f"--dataset_format must be auto, cirr or hf (got {self.dataset_format!r})")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
+
+
+def _is_cirr_root(path: Path) -> bool:
+    return (path / "image_splits").is_dir() or (path / "cirr" / "image_splits").is_dir()
+
+
+def collect_images(args: MCoTCaptionArguments) -> list[ImageRecord]:
+    """The images the arguments point at, in a fixed order."""
+    if args.image_dir is not None:
+        return images_from_directory(args.image_dir, keep_extension=args.keep_extension)
+    root = Path(args.dataset)
+    fmt = args.dataset_format
+    if fmt == "auto":
+        fmt = "cirr" if _is_cirr_root(root) else "hf"
+    if fmt == "cirr":
+        if args.split is None:
+            raise ValueError("--split is required with a CIRR-layout --dataset (train, val or test1)")
+        return images_from_cirr_split(root, args.split, image_root=args.image_root)
+    if not root.is_dir():
+        raise ValueError(f"--dataset {str(root)!r} is not a directory")
+    return images_from_saved_dataset(
+        root, split=args.split, image_column=args.image_column, name_column=args.name_column
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the captioner from the command line; returns the process exit code."""
+    parser = HfArgumentParser(MCoTCaptionArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    prompt = load_mcot_prompt(args.prompt)
+    images = collect_images(args)
+    if args.limit is not None:
+        images = images[: args.limit]
+    # Checks the model (chat template, image support) before any image is touched.
+    pipe = load_captioning_pipeline(
+        args.model_name_or_path,
+        device=args.device,
+        device_map=args.device_map,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        chat_template=args.chat_template,
+    )
+    report = generate_mcot_captions(
+        pipe,
+        images,
+        args.output_file,
+        prompt=prompt,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        save_every=args.save_every,
+        num_workers=args.num_workers,
+    )
+    skipped_file = Path(f"{args.output_file}.skipped.json")
+    if report.skipped:
+        save_caption_file(skipped_file, report.skipped)
+    elif skipped_file.exists():
+        skipped_file.unlink()
+    summary = {
+        "output_file": str(report.output_file),
+        "images": report.total,
+        "captioned": report.captioned,
+        "reused": report.reused,
+        "fallbacks": report.fallbacks,
+        "skipped": len(report.skipped),
+        "seconds": round(report.seconds, 2),
+        "images_per_second": round(report.images_per_second, 3),
+        "tokens_per_second": round(report.tokens_per_second, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
