@@ -53,7 +53,9 @@ class MemoryBank:
 
     Storage (``C = capacity`` slots, ``D = dim``): ``embeddings`` ``(C, D)`` float32, L2-normalised;
     ``target_ids`` ``(C,)`` int64 (``-1`` = empty slot); ``steps`` ``(C,)`` int64, the training step the entry
-    was encoded at; ``pointer``, the next slot the ring writes to.
+    was encoded at; ``pointer``, the next slot the ring writes to. The bank therefore holds the latest encoding
+    of each target id among the last ``capacity`` rows enqueued (a re-encoded id empties its older slot, which
+    stays empty until the ring comes round to it).
 
     For a query embedding ``q`` (L2-normalised), a positive target id ``y`` and the current step ``s``, the
     logit of bank entry ``j`` (embedding ``e_j``, id ``y_j``, encoded at ``s_j``) is

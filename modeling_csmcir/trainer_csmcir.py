@@ -1,0 +1,323 @@
+"""`CSMCIRTrainer`: the transformers `Trainer` that trains a `CSMCIRModel` with the memory bank.
+
+The bank (``memory_bank.MemoryBank``) supplies extra negatives to the in-batch InfoNCE
+(``csmcir_contrastive_loss``); the trainer feeds it the batch's detached target embeddings after each training
+forward pass, gathered across data-parallel processes so every rank holds the same bank; saves it in every
+checkpoint as ``memory_bank.safetensors`` and restores it on ``resume_from_checkpoint``; optionally re-encodes
+the oldest entries with the current model (``bank_refresh_every``), which the shared towers make meaningful;
+and logs the bank's size, mean entry age, mean selected k and loss share. Its settings are the ``bank_*``
+fields of ``CSMCIRTrainingArguments``. Design: ``DESIGN.md``, "Memory bank".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .memory_bank import BANK_STRATEGIES, MemoryBank
+from .modeling_csmcir import csmcir_contrastive_loss
+
+logger = logging.get_logger(__name__)
+
+MEMORY_BANK_NAME = "memory_bank.safetensors"
+
+TargetLookup = Callable[[Sequence[int]], Mapping[str, torch.Tensor]]
+"""Maps target ids to the inputs of ``CSMCIRModel.get_target_features`` (``pixel_values`` or ``image_embeds``,
+and ``input_ids`` / ``attention_mask`` for captions), one row per id in the given order."""
+
+
+@dataclass
+class CSMCIRTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the memory bank's settings (see `MemoryBank` for the formulas)."""
+
+    bank_strategy: str = field(
+        default="entropy",
+        metadata={"help": "Memory bank strategy: none, fifo (every entry), hard (top k_max), entropy (per-query k).",
+                  "choices": list(BANK_STRATEGIES)},
+    )
+    bank_size: int = field(default=4096, metadata={"help": "Number of target embeddings the bank holds."})
+    bank_k_min: int = field(default=16, metadata={"help": "Fewest bank negatives per query (entropy strategy)."})
+    bank_k_max: int = field(default=256, metadata={"help": "Most bank negatives per query (entropy and hard)."})
+    bank_age_decay: float = field(
+        default=500.0, metadata={"help": "Age down-weighting: log w = -age / bank_age_decay (steps); <= 0 disables."}
+    )
+    bank_max_age: int = field(default=1000, metadata={"help": "Evict entries older than this many steps; < 0 never."})
+    bank_start_step: int = field(default=0, metadata={"help": "First optimiser step at which the bank serves negatives."})
+    bank_refresh_every: int = field(
+        default=0, metadata={"help": "Re-encode the oldest bank entries with the current model every N steps; 0 = off."}
+    )
+    bank_refresh_size: int = field(default=256, metadata={"help": "How many of the oldest entries each refresh re-encodes."})
+    # The CIR collators build model inputs from raw image/text columns that `forward` does not take; the
+    # Trainer's default (True) would drop them before the collator sees them.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Drop dataset columns forward() does not take (off: the collator needs them)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bank_strategy not in BANK_STRATEGIES:
+            raise ValueError(f"bank_strategy must be one of {BANK_STRATEGIES}, got {self.bank_strategy!r}")
+        if self.bank_size <= 0:
+            raise ValueError(f"bank_size must be positive, got {self.bank_size}")
+        if not 0 <= self.bank_k_min <= self.bank_k_max:
+            raise ValueError(f"need 0 <= bank_k_min <= bank_k_max, got {self.bank_k_min} and {self.bank_k_max}")
+        if self.bank_refresh_every < 0 or self.bank_refresh_size < 0:
+            raise ValueError(
+                f"bank_refresh_every and bank_refresh_size must be >= 0, got {self.bank_refresh_every} and "
+                f"{self.bank_refresh_size}"
+            )
+
+    def build_memory_bank(self, dim: int, device: torch.device | str | None = None) -> MemoryBank:
+        """The `MemoryBank` these arguments describe, for embeddings of size `dim`."""
+        return MemoryBank(
+            capacity=self.bank_size,
+            dim=dim,
+            strategy=self.bank_strategy,
+            k_min=self.bank_k_min,
+            k_max=self.bank_k_max,
+            age_decay=self.bank_age_decay if self.bank_age_decay > 0 else None,
+            max_age=self.bank_max_age if self.bank_max_age >= 0 else None,
+            start_step=self.bank_start_step,
+            device=device,
+        )
+
+
+class CSMCIRTrainer(Trainer):
+    """`Trainer` for `CSMCIRModel` with the entropy-based, temporally dynamic memory bank.
+
+    Batches must carry `target_ids` (non-negative integer target identities) unless `bank_strategy="none"`.
+    The training loss is ``csmcir_contrastive_loss(logits_per_query, bank.negative_logits(...), target_ids)``:
+
+        L = -1/B Σ_i log( exp(s_ii) / (Σ_j m_ij exp(s_ij) + Σ_{m ∈ K_i} w_m exp(logit_scale · q_i·e_m)) )
+
+    with K_i the bank entries the strategy selects for query i and w_m the age weight. Evaluation uses the plain
+    in-batch loss, so eval losses compare across strategies and do not depend on the bank's state.
+
+    Args:
+        target_lookup: ``ids -> inputs of get_target_features``; required when ``bank_refresh_every > 0`` (the
+            refresh re-encodes stored targets by id). If omitted, ``train_dataset.target_inputs`` is used when the
+            dataset has such a method.
+        memory_bank: a ready bank (e.g. in tests); by default one is built from the arguments and the model's
+            ``config.embed_dim``.
+        Other arguments are `Trainer`'s.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        target_lookup: TargetLookup | None = None,
+        memory_bank: MemoryBank | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, CSMCIRTrainingArguments):
+            raise ValueError(
+                f"CSMCIRTrainer needs CSMCIRTrainingArguments (for the bank_* settings), got {type(self.args).__name__}"
+            )
+        embed_dim = int(self.model.config.embed_dim)
+        self.memory_bank = memory_bank if memory_bank is not None else self.args.build_memory_bank(embed_dim)
+        if self.memory_bank.dim != embed_dim:
+            raise ValueError(f"memory_bank.dim is {self.memory_bank.dim} but the model's embed_dim is {embed_dim}")
+        if target_lookup is None and self.train_dataset is not None:
+            target_lookup = getattr(self.train_dataset, "target_inputs", None)
+        if self.args.bank_refresh_every > 0 and target_lookup is None:
+            raise ValueError(
+                "bank_refresh_every > 0 re-encodes bank entries by target id: pass target_lookup=(ids -> inputs of "
+                "get_target_features) or use a train_dataset with a target_inputs(ids) method"
+            )
+        self.target_lookup = target_lookup
+        self._last_refresh_step = -1
+        self._pending_enqueue: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._bank_log_sums = {"bank_mean_k": 0.0, "bank_loss_share": 0.0, "bank_entropy": 0.0}
+        self._bank_log_count = 0
+
+    # ------------------------------------------------------------------------------------------------- loss
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        # Overridden because the loss needs the bank's negatives, and the batch's target embeddings must be
+        # enqueued after the step; the model's own loss sees neither. Only training steps touch the bank.
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if not model.training or self.memory_bank.strategy == "none":
+            return (loss, outputs) if return_outputs else loss
+
+        target_ids = inputs.get("target_ids")
+        if target_ids is None:
+            raise ValueError(
+                "CSMCIRTrainer: batches need `target_ids` (LongTensor (B,)) to mask false negatives in the memory "
+                "bank and to replace stale entries; the CIR collators add them. Use bank_strategy='none' without."
+            )
+        target_ids = target_ids.reshape(-1).to(outputs.query_embeds.device)
+        step = self.state.global_step
+        bank = self.memory_bank
+        if bank.device != outputs.query_embeds.device:
+            bank.to(outputs.query_embeds.device)
+        unwrapped = self.accelerator.unwrap_model(model)
+        self._maybe_refresh_bank(unwrapped, step)
+
+        extra = bank.negative_logits(outputs.query_embeds, unwrapped.logit_scale, target_ids, step)
+        if extra is not None:
+            in_batch_loss = loss
+            loss = csmcir_contrastive_loss(outputs.logits_per_query, extra, target_ids)
+            outputs.loss = loss
+            with torch.no_grad():
+                # Share of the loss due to the bank's negatives: 1 - L_in_batch / L_with_bank, in [0, 1).
+                share = float(1.0 - in_batch_loss.detach() / loss.detach().clamp(min=1e-12))
+            self._record_bank_step(bank.last_selection.mean_k, share, bank.last_selection.mean_entropy)
+        else:
+            self._record_bank_step(0.0, 0.0, float("nan"))
+
+        # Enqueued by training_step after backward (see there); gathered now so every rank stores the same rows.
+        embeds, ids = self._gather_rows(outputs.target_embeds.detach(), target_ids)
+        self._pending_enqueue = (embeds, ids, step)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        # Overridden to enqueue the batch's targets only after backward: autograd saved the bank's tensor for the
+        # gradient of the query-bank product, so writing into it in place before backward would invalidate the
+        # graph (and cloning a 16k-entry bank every step would cost more than the bank itself).
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.flush_pending_enqueue()
+        return loss
+
+    def flush_pending_enqueue(self) -> int:
+        """Write the last training batch's (gathered) target embeddings into the bank; return how many."""
+        if self._pending_enqueue is None:
+            return 0
+        embeds, ids, step = self._pending_enqueue
+        self._pending_enqueue = None
+        return self.memory_bank.enqueue(embeds, ids, step)
+
+    def _record_bank_step(self, mean_k: float, share: float, entropy: float) -> None:
+        self._bank_log_sums["bank_mean_k"] += mean_k
+        self._bank_log_sums["bank_loss_share"] += share
+        self._bank_log_sums["bank_entropy"] += 0.0 if entropy != entropy else entropy
+        self._bank_log_count += 1
+
+    def _gather_rows(self, rows: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All processes' `(rows, ids)` concatenated in rank order (identity on one process).
+
+        Batches may differ in size across ranks (the last batch), so each rank pads to the largest with id -1
+        before the all-gather and the padding is dropped afterwards.
+        """
+        if self.accelerator.num_processes == 1:
+            return rows, ids
+        from accelerate.utils import pad_across_processes
+
+        rows = pad_across_processes(rows.contiguous(), dim=0, pad_index=0)
+        ids = pad_across_processes(ids.contiguous(), dim=0, pad_index=-1)
+        rows, ids = self.accelerator.gather(rows), self.accelerator.gather(ids)
+        keep = ids >= 0
+        return rows[keep], ids[keep]
+
+    # ---------------------------------------------------------------------------------------------- refresh
+
+    @torch.no_grad()
+    def _maybe_refresh_bank(self, model: nn.Module, step: int) -> None:
+        """Every `bank_refresh_every` steps, re-encode the `bank_refresh_size` oldest entries with the current model.
+
+        Runs once per optimiser step (not per micro-batch), in eval mode so it is deterministic and draws no
+        random numbers (resumed runs stay bit-identical). Each rank encodes a slice of the slots and the slices
+        are all-gathered, so every rank writes the same values.
+        """
+        every = self.args.bank_refresh_every
+        if every <= 0 or step <= 0 or step % every != 0 or step == self._last_refresh_step:
+            return
+        self._last_refresh_step = step
+        bank = self.memory_bank
+        slots = bank.oldest_slots(self.args.bank_refresh_size)
+        if slots.numel() == 0:
+            return
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        my_slots = torch.tensor_split(slots, world)[rank] if world > 1 else slots
+        chunk = max(1, self.args.per_device_eval_batch_size)
+        was_training = model.training
+        model.eval()
+        try:
+            pieces = []
+            for start in range(0, my_slots.numel(), chunk):
+                part = my_slots[start : start + chunk]
+                ids = bank.target_ids[part].tolist()
+                target_inputs = self._prepare_inputs(dict(self.target_lookup(ids)))
+                pieces.append(model.get_target_features(**target_inputs).float())
+            embeds = torch.cat(pieces) if pieces else torch.empty(0, bank.dim, device=bank.device)
+        finally:
+            model.train(was_training)
+        embeds, refreshed_slots = self._gather_rows(embeds.to(bank.device), my_slots.to(bank.device))
+        bank.refresh(refreshed_slots, embeds, step)
+
+    # -------------------------------------------------------------------------------------------- logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Overridden to add the bank's numbers to each training log line (the Trainer only knows the loss).
+        if "loss" in logs and self.memory_bank.strategy != "none":
+            logs.update(
+                {k: v for k, v in self.memory_bank.stats(self.state.global_step).items()
+                 if k in ("bank_size", "bank_mean_age")}
+            )
+            count = max(self._bank_log_count, 1)
+            for key, total in self._bank_log_sums.items():
+                logs[key] = total / count
+                self._bank_log_sums[key] = 0.0
+            self._bank_log_count = 0
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # Overridden so the bank, part of the training state like the optimizer, is in every checkpoint. It is
+        # written before the rest so a checkpoint that has a trainer_state.json always has its bank.
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.save_memory_bank(output_dir)
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # Overridden so resume_from_checkpoint also restores the bank (on every rank: each holds a full copy).
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.load_memory_bank(resume_from_checkpoint)
+
+    def save_memory_bank(self, output_dir: str) -> str:
+        """Write the bank to `output_dir/memory_bank.safetensors` atomically (temp file + os.replace)."""
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, MEMORY_BANK_NAME)
+        tmp = path + ".tmp"
+        metadata = {"strategy": self.memory_bank.strategy, "capacity": str(self.memory_bank.capacity),
+                    "dim": str(self.memory_bank.dim)}
+        save_file(self.memory_bank.state_dict(), tmp, metadata=metadata)
+        os.replace(tmp, path)
+        return path
+
+    def load_memory_bank(self, checkpoint_dir: str) -> bool:
+        """Restore the bank from `checkpoint_dir/memory_bank.safetensors`; False (and a warning) if it is absent."""
+        path = os.path.join(checkpoint_dir, MEMORY_BANK_NAME)
+        if not os.path.isfile(path):
+            logger.warning(f"{path} not found: resuming with an empty memory bank.")
+            return False
+        try:
+            self.memory_bank.load_state_dict(load_file(path))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        self.memory_bank.to(self.args.device)
+        return True
+
+
+__all__ = ["CSMCIRTrainer", "CSMCIRTrainingArguments", "MEMORY_BANK_NAME"]

@@ -1,0 +1,272 @@
+"""Specification tests for `CSMCIRTrainer`: bank negatives in the loss, resume exactness (straight vs stopped +
+resumed, and after a hard kill), identical banks on two gloo processes, logging, checkpoint contents.
+
+Run as a script (``python tests/test_csmcir_trainer.py worker OUT [max_steps]``) this file is also the worker the
+kill and torchrun tests start in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from modeling_csmcir import CSMCIRConfig, CSMCIRModel
+from modeling_csmcir.modeling_csmcir import csmcir_contrastive_loss
+from modeling_csmcir.trainer_csmcir import MEMORY_BANK_NAME, CSMCIRTrainer, CSMCIRTrainingArguments
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_TARGETS = 16
+
+
+class ToyCIRDataset(torch.utils.data.Dataset):
+    """Preprocessed composed queries over `NUM_TARGETS` random target images; ids repeat (replace-by-id runs)."""
+
+    def __init__(self, size: int = 48, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.targets = torch.randn(NUM_TARGETS, 3, 32, 32, generator=generator)
+        self.references = torch.randn(size, 3, 32, 32, generator=generator)
+        self.texts = torch.randint(1, 100, (size, 6), generator=generator)
+        self.target_of = torch.arange(size) % NUM_TARGETS
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        target = int(self.target_of[index])
+        return {
+            "pixel_values": self.references[index],
+            "input_ids": self.texts[index],
+            "attention_mask": torch.ones(6, dtype=torch.long),
+            "target_pixel_values": self.targets[target],
+            "target_ids": torch.tensor(target),
+        }
+
+    def target_inputs(self, ids: list[int]) -> dict[str, torch.Tensor]:
+        """Inputs of `get_target_features` for the given target ids (used by the bank refresh)."""
+        return {"pixel_values": self.targets[torch.tensor(ids, dtype=torch.long)]}
+
+
+def build_model() -> CSMCIRModel:
+    torch.manual_seed(0)
+    return CSMCIRModel(CSMCIRConfig.tiny(vocab_size=100))
+
+
+def build_args(output_dir: str | Path, max_steps: int, **overrides) -> CSMCIRTrainingArguments:
+    settings = dict(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=3,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        bank_size=12,
+        bank_k_min=2,
+        bank_k_max=8,
+        bank_age_decay=5.0,
+        bank_max_age=20,
+        bank_refresh_every=2,
+        bank_refresh_size=4,
+    )
+    settings.update(overrides)
+    return CSMCIRTrainingArguments(**settings)
+
+
+def train_losses(trainer: CSMCIRTrainer) -> dict[int, float]:
+    return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+
+def run_training(output_dir, max_steps: int, resume: str | None = None, **overrides) -> CSMCIRTrainer:
+    trainer = CSMCIRTrainer(
+        model=build_model(), args=build_args(output_dir, max_steps, **overrides), train_dataset=ToyCIRDataset()
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def assert_same_bank(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert torch.equal(a["target_ids"], b["target_ids"])
+    assert torch.equal(a["steps"], b["steps"])
+    assert int(a["pointer"]) == int(b["pointer"])
+    torch.testing.assert_close(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
+
+
+class StopAt(__import__("transformers").TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+def test_bank_negatives_enter_the_loss_and_only_training_enqueues(tmp_path):
+    trainer = CSMCIRTrainer(
+        model=build_model(),
+        args=build_args(tmp_path, 4, save_strategy="no", bank_refresh_every=0),
+        train_dataset=ToyCIRDataset(),
+    )
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model, bank = trainer.model, trainer.memory_bank
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test bypasses
+    trainer.training_step(model, batch)
+    assert len(bank) == 4  # the training step enqueued the batch's 4 targets (after its backward)
+
+    model.eval()
+    with torch.no_grad():
+        eval_loss = trainer.compute_loss(model, batch)
+        plain = model(**batch).loss
+    assert len(bank) == 4 and bank.num_enqueued == 4  # evaluation never enqueues
+    torch.testing.assert_close(eval_loss, plain)  # ... and uses the in-batch loss only
+
+    model.train()
+    ids = (batch["target_ids"] + 5) % NUM_TARGETS  # other ids than the stored ones: nothing masked by id
+    batch2 = dict(batch, target_ids=ids)
+    torch.manual_seed(1)
+    outputs = model(**batch2)
+    extra = bank.negative_logits(outputs.query_embeds, model.logit_scale, ids, step=0)
+    expected = csmcir_contrastive_loss(outputs.logits_per_query, extra, ids)
+    torch.manual_seed(1)  # same dropout masks
+    got = trainer.compute_loss(model, batch2)
+    torch.testing.assert_close(got, expected)
+    assert got > outputs.loss  # extra negatives only add to the denominator
+    assert bank.last_selection.mean_k >= 2 and trainer._bank_log_sums["bank_loss_share"] > 0
+
+
+def test_training_logs_bank_numbers_and_checkpoints_hold_the_bank(tmp_path):
+    trainer = run_training(tmp_path, 6)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 6
+    last = logged[-1]
+    for key in ("bank_size", "bank_mean_age", "bank_mean_k", "bank_loss_share"):
+        assert key in last, key
+    # The ring holds the last 12 enqueued rows, one per target id (a re-encoded id frees its older slot).
+    ids = trainer.memory_bank.target_ids[trainer.memory_bank.occupied]
+    assert last["bank_size"] == len(ids) == len(set(ids.tolist())) and 4 < len(ids) <= 12
+    assert last["bank_mean_k"] >= 2 and 0 < last["bank_loss_share"] < 1
+    for step in (3, 6):
+        saved = load_file(str(tmp_path / f"checkpoint-{step}" / MEMORY_BANK_NAME))
+        assert saved["embeddings"].shape == (12, 32)
+    assert_same_bank(load_file(str(tmp_path / "checkpoint-6" / MEMORY_BANK_NAME)), trainer.memory_bank.state_dict())
+
+
+def test_resume_reproduces_the_straight_run_losses_and_bank(tmp_path):
+    straight = run_training(tmp_path / "straight", 6)
+
+    first = CSMCIRTrainer(
+        model=build_model(), args=build_args(tmp_path / "resumed", 6), train_dataset=ToyCIRDataset(),
+        callbacks=[StopAt(3)],
+    )
+    first.train()
+    assert first.state.global_step == 3 and (tmp_path / "resumed" / "checkpoint-3" / MEMORY_BANK_NAME).is_file()
+    resumed = run_training(tmp_path / "resumed", 6, resume=str(tmp_path / "resumed" / "checkpoint-3"))
+
+    expected, got = train_losses(straight), {**train_losses(first), **train_losses(resumed)}
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    assert_same_bank(resumed.memory_bank.state_dict(), straight.memory_bank.state_dict())
+
+
+def test_resume_refuses_a_bank_of_another_size(tmp_path):
+    run_training(tmp_path, 3)
+    trainer = CSMCIRTrainer(model=build_model(), args=build_args(tmp_path, 6, bank_size=20), train_dataset=ToyCIRDataset())
+    with pytest.raises(ValueError, match="capacity 12.*capacity 20"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+
+
+def test_arguments_validate_bank_settings(tmp_path):
+    with pytest.raises(ValueError, match="bank_strategy"):
+        build_args(tmp_path, 1, bank_strategy="random")
+    with pytest.raises(ValueError, match="bank_k_min"):
+        build_args(tmp_path, 1, bank_k_min=9, bank_k_max=3)
+    with pytest.raises(ValueError, match="target_lookup"):
+        CSMCIRTrainer(model=build_model(), args=build_args(tmp_path, 1), train_dataset=list(ToyCIRDataset()))
+
+
+def latest_complete_checkpoint(output_dir: Path) -> Path | None:
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint_without_loss(tmp_path):
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, __file__, "worker", str(killed_dir), "1000"], env=env, cwd=str(REPO),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            checkpoint = latest_complete_checkpoint(killed_dir) if killed_dir.exists() else None
+            if checkpoint is not None and int(checkpoint.name.split("-")[1]) >= 6:
+                break
+            if child.poll() is not None:
+                pytest.fail(f"worker exited early: {child.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("worker wrote no checkpoint in time")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    checkpoint = latest_complete_checkpoint(killed_dir)
+    step = int(checkpoint.name.split("-")[1])
+    # The reference never stopped; constant LR makes max_steps irrelevant to the trajectory.
+    straight = run_training(tmp_path / "straight", step + 2, save_strategy="no")
+    resumed = run_training(killed_dir, step + 2, resume=str(checkpoint), save_strategy="no")
+    expected, got = train_losses(straight), train_losses(resumed)
+    assert sorted(got) == [step + 1, step + 2]
+    for s in got:
+        assert got[s] == pytest.approx(expected[s], rel=1e-5, abs=1e-6), s
+    assert_same_bank(resumed.memory_bank.state_dict(), straight.memory_bank.state_dict())
+
+
+def test_two_gloo_processes_hold_identical_banks(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", __file__,
+         "worker", str(tmp_path), "5"],
+        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    banks = [load_file(str(tmp_path / f"bank_rank{rank}.safetensors")) for rank in (0, 1)]
+    assert_same_bank(banks[0], banks[1])
+    # Both ranks' targets went in: 5 steps x 2 ranks x 4 = 40 rows >= capacity, 16 distinct ids -> full bank.
+    assert int((banks[0]["target_ids"] >= 0).sum()) == 12
+    assert int(banks[0]["num_enqueued"]) == 40
+    assert json.loads((tmp_path / "world.json").read_text())["world_size"] == 2
+
+
+def worker(output_dir: str, max_steps: int) -> None:
+    """Train in this process (one rank under torchrun); save this rank's bank when done."""
+    trainer = run_training(output_dir, max_steps, dataloader_num_workers=0)
+    rank = trainer.accelerator.process_index
+    save_file(trainer.memory_bank.state_dict(), os.path.join(output_dir, f"bank_rank{rank}.safetensors"))
+    if rank == 0:
+        Path(output_dir, "world.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))
+
+
+if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "worker":
+    torch.set_num_threads(1)
+    worker(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 6)
