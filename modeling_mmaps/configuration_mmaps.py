@@ -1,0 +1,155 @@
+"""Configuration of MMAPS, multimodal attribute-aware product summarization (a BART seq2seq model with a visual side).
+
+MMAPS (KDEGroup/MMAPS, 2024) extends BART with a text [CLS], a visual transformer over detector regions (or over
+the patch features of a vision backbone), a gated text-to-region attention fusion, and four auxiliary training
+tasks. This file holds only the configuration; the model lives in ``modeling_mmaps.py``.
+
+Hub rule: this file is copied next to saved weights, so it imports only torch/transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import AutoConfig, BartConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+#: Size of the character vocabulary built by ``MMAPSProcessor.tiny()`` (5 BERT specials + characters). Kept here so
+#: ``MMAPSConfig.tiny()`` and the tiny processor agree without the config importing the processor.
+TINY_VOCAB_SIZE = 128
+#: Special-token ids of the tiny BERT-style vocabulary: [PAD]=0, [UNK]=1, [CLS]=2 (BOS), [SEP]=3 (EOS), [MASK]=4.
+TINY_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4}
+
+
+class MMAPSConfig(PreTrainedConfig):
+    r"""Configuration of [`MMAPSForConditionalGeneration`].
+
+    Args:
+        text_config (`dict` or `BartConfig`): the BART encoder-decoder (e.g. `fnlp/bart-base-chinese`'s config).
+        vision_config (`dict` or `PreTrainedConfig`, *optional*): a vision backbone (CLIP/ViT/SigLIP vision tower)
+            built with `AutoModel.from_config` and run on `pixel_values`; its patch states are the "regions". When
+            `None`, the model reads pre-extracted region features (`visual_features`, `visual_boxes`).
+        visual_feature_dim (`int`): size of one pre-extracted region feature (2048 for Faster R-CNN).
+        max_regions (`int`): most regions per image (36 in the original).
+        num_region_classes (`int`): size of the detector class distribution used by masked region modelling
+            (1601 for the Visual Genome detector); 0 disables the classification target (feature regression only).
+        visual_hidden_size (`int`, *optional*): width of the visual transformer; defaults to the text `d_model`.
+        num_visual_layers, num_visual_attention_heads, visual_intermediate_size, visual_dropout: visual transformer.
+        fusion_hidden_size (`int`): width of the single-head text-to-region attention and its forget gate (256).
+        num_attributes (`int`): size of the attribute vocabulary (0 = no attribute head).
+        summary_loss_weight, attribute_loss_weight, alignment_loss_weight, contrastive_loss_weight,
+        region_loss_weight (`float`): task weights, total = Σ w_i · L_i (defaults 1.0/0.3/0.3/0.05/0.8 as in the
+            original). A weight of 0 skips the task entirely.
+        region_mask_ratio (`float`): share of an image's valid regions masked for region modelling (0.15).
+        attribute_threshold (`float`): probability above which an attribute is predicted present.
+        contrastive_logit_scale_init (`float`): initial log of the image-text contrast's inverse temperature.
+        use_visual (`bool`): build the visual encoder, fusion and the three visual tasks.
+        use_text_cls (`bool`): append a learned text [CLS] to the encoder input. With `use_visual=False` and
+            `use_text_cls=False` the model computes exactly BART.
+    """
+
+    model_type = "mmaps"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bart"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    visual_feature_dim: int = 2048
+    max_regions: int = 36
+    num_region_classes: int = 1601
+    visual_hidden_size: int | None = None
+    num_visual_layers: int = 4
+    num_visual_attention_heads: int = 8
+    visual_intermediate_size: int = 2048
+    visual_dropout: float = 0.1
+    fusion_hidden_size: int = 256
+    num_attributes: int = 0
+    summary_loss_weight: float = 1.0
+    attribute_loss_weight: float = 0.3
+    alignment_loss_weight: float = 0.3
+    contrastive_loss_weight: float = 0.05
+    region_loss_weight: float = 0.8
+    region_mask_ratio: float = 0.15
+    attribute_threshold: float = 0.5
+    contrastive_logit_scale_init: float = math.log(1 / 0.07)
+    use_visual: bool = True
+    use_text_cls: bool = True
+    is_encoder_decoder: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.visual_hidden_size is None:
+            self.visual_hidden_size = self.text_config.d_model
+        # The word embeddings are tied exactly when the BART checkpoint ties them.
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", True))
+        self.validate_mmaps()
+
+    def validate_mmaps(self) -> None:
+        """Raise a ValueError naming the field for settings that cannot build a working model."""
+        for name in ("summary_loss_weight", "attribute_loss_weight", "alignment_loss_weight",
+                     "contrastive_loss_weight", "region_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MMAPSConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.region_mask_ratio < 1.0:
+            raise ValueError(f"MMAPSConfig.region_mask_ratio must be in (0, 1), got {self.region_mask_ratio}")
+        if not 0.0 < self.attribute_threshold < 1.0:
+            raise ValueError(f"MMAPSConfig.attribute_threshold must be in (0, 1), got {self.attribute_threshold}")
+        if self.num_attributes < 0:
+            raise ValueError(f"MMAPSConfig.num_attributes must be >= 0, got {self.num_attributes}")
+        if self.use_visual and self.visual_hidden_size % self.num_visual_attention_heads != 0:
+            raise ValueError(
+                "MMAPSConfig.visual_hidden_size must be divisible by num_visual_attention_heads, got "
+                f"{self.visual_hidden_size} and {self.num_visual_attention_heads}"
+            )
+
+    @property
+    def uses_pixels(self) -> bool:
+        """True when images enter as `pixel_values` through `vision_config`'s backbone, not as region features."""
+        return self.vision_config is not None
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> MMAPSConfig:
+        """A few-thousand-parameter configuration for CPU tests and demos.
+
+        d_model 32, 1 encoder + 1 decoder layer, vocabulary matched to `MMAPSProcessor.tiny()`, 16-d region
+        features, up to 6 regions, 8 detector classes. `overrides` replace top-level fields; pass
+        `text_config={...}` to change BART fields (merged into the tiny defaults) and `vision_config=` a dict or
+        config for the raw-image path.
+        """
+        text = dict(
+            vocab_size=TINY_VOCAB_SIZE, d_model=32, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+            max_position_embeddings=128, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+            pad_token_id=TINY_SPECIAL_IDS["pad"], bos_token_id=TINY_SPECIAL_IDS["bos"],
+            eos_token_id=TINY_SPECIAL_IDS["eos"], decoder_start_token_id=TINY_SPECIAL_IDS["eos"],
+            forced_eos_token_id=TINY_SPECIAL_IDS["eos"],
+        )
+        user_text = overrides.pop("text_config", None)
+        if isinstance(user_text, BartConfig):
+            user_text = user_text.to_dict()
+        text.update(user_text or {})
+        defaults: dict[str, Any] = dict(
+            text_config=text, visual_feature_dim=16, max_regions=6, num_region_classes=8, num_visual_layers=1,
+            num_visual_attention_heads=2, visual_intermediate_size=64, visual_dropout=0.0, fusion_hidden_size=16,
+            num_attributes=10,
+        )
+        defaults.update(overrides)
+        return cls(**defaults)
+
+    @staticmethod
+    def tiny_vision_config(**overrides: Any) -> dict[str, Any]:
+        """A tiny CLIP vision tower (32 px images, 8 px patches → 16 patches + CLS) as a config dict."""
+        vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=32, patch_size=8, num_channels=3)
+        vision.update(overrides)
+        return vision
+
+
+__all__ = ["MMAPSConfig"]
