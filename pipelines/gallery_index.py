@@ -1,0 +1,604 @@
+"""A searchable gallery of target embeddings for composed image retrieval.
+
+`GalleryIndex` holds L2-normalised target embeddings (one row per gallery image), their ids, optional per-item
+metadata and the identity of the model that encoded them, and answers top-k cosine-similarity queries:
+
+    score(q, g) = q̂ · ĝ,   q̂ = q / ‖q‖,   ĝ = g / ‖g‖
+
+Search is exact by default (chunked matrix product + `torch.topk` in torch, on whatever device the index lives).
+An optional faiss backend offers an exact flat index (`IndexFlatIP`) and approximate ones for galleries in the
+millions (`IndexIVFFlat`, `IndexHNSWFlat`). faiss is imported lazily inside a `try`, so this file — which is copied
+into a saved pipeline folder on the Hub — does not make faiss a requirement of the loading side.
+
+On disk an index is a folder: `gallery_embeddings.safetensors` (the embedding matrix in its storage dtype),
+`gallery_index.json` (ids, metadata, model identity, format version) and, when a faiss index was built,
+`gallery_faiss.index`. Every file is written to a temporary name and moved into place with `os.replace`.
+
+This file is a flat Hub-module sibling of `composed_image_retrieval.py`: it imports only torch, numpy,
+safetensors and transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+EMBEDDINGS_FILE = "gallery_embeddings.safetensors"
+INDEX_FILE = "gallery_index.json"
+FAISS_FILE = "gallery_faiss.index"
+FORMAT_VERSION = 1
+
+_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_FAISS_KINDS = ("flat", "ivf", "hnsw")
+# Metadata keys that would overwrite the fields every hit carries.
+_RESERVED_HIT_KEYS = ("id", "score")
+# Budget for one block of the (queries x gallery rows) score matrix in exact search: 2**25 float32 = 128 MiB.
+_SCORE_BLOCK_ELEMENTS = 1 << 25
+# When the storage dtype has to be up-cast for the matmul (float16 on CPU), convert through a buffer this big (2 MiB).
+_CONVERT_BUFFER_BYTES = 2 << 20
+# Config keys that describe how a model was saved or loaded, not what it computes.
+_VOLATILE_CONFIG_KEYS = {
+    "transformers_version",
+    "architectures",
+    "auto_map",
+    "custom_pipelines",
+    "dtype",
+    "torch_dtype",
+    "name_or_path",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model identity
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _stable_config_dict(value: Any) -> Any:
+    """Drop volatile and private keys recursively, so the same model hashes the same after save/load."""
+    if isinstance(value, dict):
+        return {
+            key: _stable_config_dict(item)
+            for key, item in sorted(value.items())
+            if key not in _VOLATILE_CONFIG_KEYS and not str(key).startswith("_")
+        }
+    if isinstance(value, (list, tuple)):
+        return [_stable_config_dict(item) for item in value]
+    return value
+
+
+def config_hash(config: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the model config's JSON, ignoring keys that only record how it was saved."""
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    text = json.dumps(_stable_config_dict(config_dict), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:
+    """SHA-256 (first 16 hex digits) over every state-dict tensor's name, shape and an evenly strided sample of values.
+
+    Values are hashed as float32, so the fingerprint is cheap (O(#tensors · samples)) and identical in any process that
+    loaded the same weights, while any retraining or re-initialisation changes it. Loading the same weights in another
+    dtype changes it too — as it changes the embeddings.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
+        if flat.numel() == 0 or not (flat.is_floating_point() or flat.dtype in (torch.int32, torch.int64)):
+            continue
+        positions = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples_per_tensor), device=flat.device)
+        sample = flat[positions.round().long()].float().cpu().numpy()
+        digest.update(sample.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: torch.nn.Module, embed_dim: int | None = None) -> dict[str, Any]:
+    """What an index records about the model that built it: embedding size, config hash, weights fingerprint.
+
+    `name_or_path` and `model_type` are informational (shown in error messages), never compared.
+    """
+    config = getattr(model, "config", None)
+    if embed_dim is None:
+        embed_dim = getattr(config, "embed_dim", None)
+    return {
+        "model_type": getattr(config, "model_type", type(model).__name__),
+        "name_or_path": str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or ""),
+        "embed_dim": None if embed_dim is None else int(embed_dim),
+        "config_hash": config_hash(config) if config is not None else None,
+        "weights_fingerprint": weights_fingerprint(model),
+    }
+
+
+def _describe_identity(identity: dict[str, Any] | None) -> str:
+    if not identity:
+        return "<unknown model>"
+    name = identity.get("name_or_path") or identity.get("model_type") or "model"
+    return (
+        f"{name} (embed_dim={identity.get('embed_dim')}, config_hash={identity.get('config_hash')}, "
+        f"weights_fingerprint={identity.get('weights_fingerprint')})"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: str, write_fn) -> None:
+    """Write through `write_fn(tmp_path)` to a temporary file in the target folder, then `os.replace` it in."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
+    try:
+        write_fn(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def _import_faiss():
+    try:
+        import faiss  # noqa: PLC0415 - optional dependency, imported only when a faiss backend is requested
+    except ImportError as error:
+        raise ImportError(
+            "The faiss backend of GalleryIndex needs faiss: `pip install faiss-cpu` (or faiss-gpu). "
+            "The default torch backend needs nothing extra."
+        ) from error
+    return faiss
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The index
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    """Top-k hits for a batch of queries.
+
+    Attributes:
+        scores: `(Q, k)` float32 cosine similarities, best first.
+        positions: `(Q, k)` int64 row numbers into the gallery; `-1` where an approximate backend found fewer than k.
+    """
+
+    scores: torch.Tensor
+    positions: torch.Tensor
+
+
+class GalleryIndex:
+    """Normalised gallery embeddings + ids + metadata + the identity of the model that encoded them.
+
+    Args:
+        embeddings: `(N, D)` target embeddings; rows are L2-normalised here (`normalize=True`), N must be ≥ 1.
+        ids: one id per row (str or int, unique); defaults to `0..N-1`.
+        metadata: one JSON-serialisable dict per row, returned with each hit (keys `id`/`score` are reserved).
+        model_identity: from `model_identity(model)`; lets a pipeline refuse an index built by another model.
+        dtype: storage dtype, `"float32"` (default), `"float16"` or `"bfloat16"`; float16 halves memory and the bytes
+            scanned per query at ~1e-3 score precision. Scores are always accumulated and returned in float32 on CPU.
+        normalize: L2-normalise rows (set False only for rows known to be normalised already).
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor | np.ndarray,
+        ids: Sequence[str | int] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        model_identity: dict[str, Any] | None = None,
+        dtype: str | torch.dtype = "float32",
+        normalize: bool = True,
+    ) -> None:
+        embeddings = torch.as_tensor(embeddings)
+        if embeddings.ndim != 2:
+            raise ValueError(f"GalleryIndex embeddings: expected a 2-D (N, D) tensor, got shape {tuple(embeddings.shape)}")
+        if embeddings.shape[0] == 0:
+            raise ValueError("GalleryIndex: the gallery is empty (0 embeddings); an index needs at least one item")
+        if not embeddings.is_floating_point():
+            raise ValueError(f"GalleryIndex embeddings: expected a floating-point tensor, got {embeddings.dtype}")
+        storage_dtype = self._resolve_dtype(dtype)
+        num_items, dim = embeddings.shape
+        if normalize:
+            embeddings = embeddings.float()
+            norms = embeddings.norm(dim=1, keepdim=True)
+            if not bool(torch.isfinite(norms).all()) or bool((norms == 0).any()):
+                bad = int((~torch.isfinite(norms) | (norms == 0)).nonzero()[0, 0])
+                raise ValueError(f"GalleryIndex embeddings: row {bad} has a zero or non-finite norm")
+            embeddings = embeddings / norms
+        self.embeddings = embeddings.to(storage_dtype).contiguous()
+
+        if ids is None:
+            ids = list(range(num_items))
+        self.ids = [self._check_id(item, position) for position, item in enumerate(ids)]
+        if len(self.ids) != num_items:
+            raise ValueError(f"GalleryIndex ids: expected {num_items} ids (one per embedding), got {len(self.ids)}")
+        if len(set(self.ids)) != num_items:
+            seen, duplicate = set(), None
+            for item in self.ids:
+                if item in seen:
+                    duplicate = item
+                    break
+                seen.add(item)
+            raise ValueError(f"GalleryIndex ids: ids must be unique, {duplicate!r} appears more than once")
+
+        if metadata is not None:
+            metadata = [dict(entry) if entry is not None else {} for entry in metadata]
+            if len(metadata) != num_items:
+                raise ValueError(f"GalleryIndex metadata: expected {num_items} dicts (one per embedding), got {len(metadata)}")
+            for position, entry in enumerate(metadata):
+                clash = [key for key in _RESERVED_HIT_KEYS if key in entry]
+                if clash:
+                    raise ValueError(
+                        f"GalleryIndex metadata[{position}]: keys {clash} are reserved for every hit's own fields"
+                    )
+        self.metadata: list[dict[str, Any]] | None = metadata
+        self.model_identity = dict(model_identity) if model_identity else None
+        if self.model_identity and self.model_identity.get("embed_dim") not in (None, dim):
+            raise ValueError(
+                f"GalleryIndex: model_identity says embed_dim={self.model_identity['embed_dim']} but the embeddings "
+                f"have D={dim}"
+            )
+        self._faiss_index = None
+        self._faiss_config: dict[str, Any] | None = None
+        self.backend = "torch"
+
+    # ---------------------------------------------------------------------------------------------------------- basics
+
+    @staticmethod
+    def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+        if isinstance(dtype, torch.dtype):
+            if dtype not in _STORAGE_DTYPES.values():
+                raise ValueError(f"GalleryIndex dtype: expected one of {list(_STORAGE_DTYPES)}, got {dtype}")
+            return dtype
+        if dtype not in _STORAGE_DTYPES:
+            raise ValueError(f"GalleryIndex dtype: expected one of {list(_STORAGE_DTYPES)}, got {dtype!r}")
+        return _STORAGE_DTYPES[dtype]
+
+    @staticmethod
+    def _check_id(item: Any, position: int) -> str | int:
+        if isinstance(item, np.integer):
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise ValueError(f"GalleryIndex ids[{position}]: expected a str or int, got {type(item).__name__} {item!r}")
+        return item
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embeddings.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings.device
+
+    def to(self, device: str | torch.device) -> GalleryIndex:
+        """Move the torch embeddings (exact search runs where they live); a faiss index stays where it is."""
+        self.embeddings = self.embeddings.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"GalleryIndex(num_items={len(self)}, embed_dim={self.embed_dim}, dtype={str(self.dtype).split('.')[-1]}, "
+            f"backend={self.backend!r}, model={_describe_identity(self.model_identity)})"
+        )
+
+    def check_compatible(self, identity: dict[str, Any] | None, check_model: bool = True) -> None:
+        """Raise a ValueError naming both models if `identity` (the querying model) cannot search this index.
+
+        A different embedding size always fails. A different config hash or weights fingerprint fails unless
+        `check_model=False` (e.g. you know the same weights were loaded in another dtype).
+        """
+        if not identity or not self.model_identity:
+            return
+        built, current = self.model_identity, identity
+        if built.get("embed_dim") is not None and current.get("embed_dim") is not None:
+            if int(built["embed_dim"]) != int(current["embed_dim"]):
+                raise ValueError(
+                    f"Gallery index embedding size mismatch: the index was built by {_describe_identity(built)} "
+                    f"but the querying model is {_describe_identity(current)}. Rebuild the index with this model."
+                )
+        if not check_model:
+            return
+        for key in ("config_hash", "weights_fingerprint"):
+            if built.get(key) and current.get(key) and built[key] != current[key]:
+                raise ValueError(
+                    f"Gallery index was built by a different model ({key} differs): index built by "
+                    f"{_describe_identity(built)}; querying model is {_describe_identity(current)}. Rebuild the "
+                    "index with this model, or pass check_model=False if you know the embeddings are compatible."
+                )
+
+    # ---------------------------------------------------------------------------------------------------------- search
+
+    def search(
+        self,
+        query_embeds: torch.Tensor | np.ndarray,
+        top_k: int = 10,
+        backend: str | None = None,
+    ) -> SearchResult:
+        """Top-k gallery rows by cosine similarity for each query.
+
+        Args:
+            query_embeds: `(Q, D)` or `(D,)`; normalised here, so scores are cosines in [-1, 1].
+            top_k: hits per query; values above the gallery size are clamped to `len(self)`.
+            backend: `"torch"` (exact), `"faiss"` (the index built by `build_faiss`), or None for `self.backend`.
+
+        Returns:
+            `SearchResult` with `(Q, k)` scores (float32, descending) and positions (int64), on CPU.
+        """
+        queries = torch.as_tensor(query_embeds)
+        if queries.ndim == 1:
+            queries = queries.unsqueeze(0)
+        if queries.ndim != 2 or queries.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"GalleryIndex.search query_embeds: expected shape (Q, {self.embed_dim}), got {tuple(queries.shape)}"
+            )
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"GalleryIndex.search top_k: expected a positive int, got {top_k!r}")
+        top_k = min(int(top_k), len(self))
+        queries = torch.nn.functional.normalize(queries.float(), dim=1)
+        backend = backend or self.backend
+        if backend == "torch":
+            scores, positions = self._search_torch(queries, top_k)
+        elif backend == "faiss":
+            scores, positions = self._search_faiss(queries, top_k)
+        else:
+            raise ValueError(f"GalleryIndex.search backend: expected 'torch' or 'faiss', got {backend!r}")
+        return SearchResult(scores=scores.float().cpu(), positions=positions.long().cpu())
+
+    def _search_torch(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact search: score blocks of gallery rows with one matmul each, keep a running top-k.
+
+        Block height keeps the (Q x rows) score block under `_SCORE_BLOCK_ELEMENTS`, so a single query scans the whole
+        gallery in one GEMV (memory-bound: the floor is bytes(embeddings) / bandwidth) and large query batches never
+        materialise a Q x N matrix.
+        """
+        gallery = self.embeddings
+        on_cpu = gallery.device.type == "cpu"
+        # CPU matmul kernels are float32; on accelerators half-precision matmuls are native (float32 accumulation).
+        compute_dtype = torch.float32 if on_cpu else gallery.dtype
+        queries = queries.to(device=gallery.device, dtype=compute_dtype)
+        num_queries, num_items = queries.shape[0], gallery.shape[0]
+        rows = max(1024, _SCORE_BLOCK_ELEMENTS // max(1, num_queries))
+        convert_buffer = None
+        if gallery.dtype != compute_dtype:
+            # Up-cast through one small cache-resident buffer: allocating a float32 copy per block costs page faults
+            # that made float16 storage ~5x slower than float32 in our measurements.
+            convert_rows = max(256, _CONVERT_BUFFER_BYTES // (self.embed_dim * 4))
+            convert_buffer = torch.empty(convert_rows, self.embed_dim, dtype=compute_dtype, device=gallery.device)
+        best_scores: torch.Tensor | None = None
+        best_positions: torch.Tensor | None = None
+        for start in range(0, num_items, rows):
+            block = gallery[start : start + rows]
+            if convert_buffer is None:
+                scores = queries @ block.T
+            else:
+                scores_t = torch.empty(block.shape[0], num_queries, dtype=compute_dtype, device=gallery.device)
+                for offset in range(0, block.shape[0], convert_buffer.shape[0]):
+                    part = block[offset : offset + convert_buffer.shape[0]]
+                    buffer = convert_buffer[: part.shape[0]]
+                    buffer.copy_(part)
+                    torch.mm(buffer, queries.T, out=scores_t[offset : offset + part.shape[0]])
+                scores = scores_t.T
+            block_scores, block_positions = scores.topk(min(top_k, block.shape[0]), dim=1)
+            block_positions += start
+            if best_scores is None:
+                best_scores, best_positions = block_scores, block_positions
+            else:
+                merged_scores = torch.cat([best_scores, block_scores], dim=1)
+                merged_positions = torch.cat([best_positions, block_positions], dim=1)
+                best_scores, order = merged_scores.topk(top_k, dim=1)
+                best_positions = merged_positions.gather(1, order)
+        return best_scores, best_positions
+
+    # ---------------------------------------------------------------------------------------------------------- faiss
+
+    def build_faiss(
+        self,
+        kind: str = "flat",
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+        train_size: int | None = None,
+        seed: int = 0,
+    ) -> GalleryIndex:
+        """Build a faiss index over the embeddings and make `"faiss"` the default search backend.
+
+        Args:
+            kind: `"flat"` (exact inner product, `IndexFlatIP`), `"ivf"` (`IndexIVFFlat`: k-means into `nlist` cells,
+                search the `nprobe` nearest cells) or `"hnsw"` (`IndexHNSWFlat`: graph with `hnsw_m` links per node,
+                `ef_construction` / `ef_search` beam widths).
+            nlist: IVF cells; default `round(4·√N)` clamped to [1, N // 39] (faiss wants ≥ 39 training points per cell).
+            train_size: IVF k-means sample size (default `min(N, 256·nlist)`).
+        The approximate kinds trade recall for speed; measure recall@k against `backend="torch"` for your data.
+        faiss keeps its own float32 copy of the embeddings.
+        """
+        if kind not in _FAISS_KINDS:
+            raise ValueError(f"GalleryIndex.build_faiss kind: expected one of {_FAISS_KINDS}, got {kind!r}")
+        faiss = _import_faiss()
+        vectors = np.ascontiguousarray(self.embeddings.float().cpu().numpy())
+        num_items, dim = vectors.shape
+        config: dict[str, Any] = {"kind": kind}
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "ivf":
+            if nlist is None:
+                nlist = int(round(4 * math.sqrt(num_items)))
+            nlist = max(1, min(int(nlist), max(1, num_items // 39)))
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            train_size = min(num_items, train_size or 256 * nlist)
+            generator = np.random.default_rng(seed)
+            sample = vectors[np.sort(generator.choice(num_items, size=train_size, replace=False))]
+            index.train(sample)
+            index.nprobe = min(int(nprobe), nlist)
+            config.update(nlist=nlist, nprobe=index.nprobe, train_size=train_size)
+        else:
+            index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(ef_construction)
+            index.hnsw.efSearch = int(ef_search)
+            config.update(hnsw_m=int(hnsw_m), ef_construction=int(ef_construction), ef_search=int(ef_search))
+        index.add(vectors)
+        self._faiss_index = index
+        self._faiss_config = config
+        self.backend = "faiss"
+        return self
+
+    def set_faiss_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the recall/speed trade-off of an approximate faiss index without rebuilding it."""
+        if self._faiss_index is None:
+            raise ValueError("GalleryIndex: no faiss index; call build_faiss(...) first")
+        if nprobe is not None and self._faiss_config["kind"] == "ivf":
+            self._faiss_index.nprobe = int(nprobe)
+            self._faiss_config["nprobe"] = int(nprobe)
+        if ef_search is not None and self._faiss_config["kind"] == "hnsw":
+            self._faiss_index.hnsw.efSearch = int(ef_search)
+            self._faiss_config["ef_search"] = int(ef_search)
+
+    @property
+    def faiss_config(self) -> dict[str, Any] | None:
+        return None if self._faiss_config is None else dict(self._faiss_config)
+
+    def _search_faiss(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._faiss_index is None:
+            raise ValueError("GalleryIndex.search backend='faiss': no faiss index; call build_faiss(...) first")
+        scores, positions = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), top_k)
+        return torch.from_numpy(scores), torch.from_numpy(positions)
+
+    # ---------------------------------------------------------------------------------------------------------- hits
+
+    def hits(self, result: SearchResult) -> list[list[dict[str, Any]]]:
+        """Turn a `SearchResult` into ranked `{"id", "score", **metadata}` dicts, one list per query."""
+        output = []
+        for row_scores, row_positions in zip(result.scores.tolist(), result.positions.tolist()):
+            row = []
+            for score, position in zip(row_scores, row_positions):
+                if position < 0:  # an approximate backend returned fewer than k candidates
+                    continue
+                hit = {"id": self.ids[position], "score": float(score)}
+                if self.metadata is not None:
+                    hit.update(self.metadata[position])
+                row.append(hit)
+            output.append(row)
+        return output
+
+    # ---------------------------------------------------------------------------------------------------------- disk
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index into folder `path` (created if needed); each file is written atomically.
+
+        The JSON file is written last, so a folder whose JSON is present always has matching embeddings.
+        """
+        path = os.fspath(path)
+        if os.path.isfile(path):
+            raise ValueError(f"GalleryIndex.save: {path!r} is a file; expected a folder")
+        os.makedirs(path, exist_ok=True)
+        record = {
+            "format_version": FORMAT_VERSION,
+            "num_items": len(self),
+            "embed_dim": self.embed_dim,
+            "dtype": str(self.dtype).split(".")[-1],
+            "ids": self.ids,
+            "metadata": self.metadata,
+            "model_identity": self.model_identity,
+            "faiss": self._faiss_config,
+        }
+        try:
+            text = json.dumps(record, ensure_ascii=False)
+        except TypeError as error:
+            raise ValueError(f"GalleryIndex.save: ids and metadata must be JSON-serialisable ({error})") from error
+        embeddings = self.embeddings.detach().cpu().contiguous()
+        _atomic_write(
+            os.path.join(path, EMBEDDINGS_FILE),
+            lambda tmp: save_file({"embeddings": embeddings}, tmp, metadata={"format": "pt"}),
+        )
+        faiss_path = os.path.join(path, FAISS_FILE)
+        if self._faiss_index is not None:
+            faiss = _import_faiss()
+            _atomic_write(faiss_path, lambda tmp: faiss.write_index(self._faiss_index, tmp))
+        elif os.path.exists(faiss_path):
+            os.remove(faiss_path)  # a stale faiss file from an earlier save would not match these embeddings
+
+        def write_json(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+
+        _atomic_write(os.path.join(path, INDEX_FILE), write_json)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", load_faiss: bool = True) -> GalleryIndex:
+        """Read a folder written by `save`; restores the faiss index too when present and faiss is installed."""
+        path = os.fspath(path)
+        index_path, embeddings_path = os.path.join(path, INDEX_FILE), os.path.join(path, EMBEDDINGS_FILE)
+        for required in (index_path, embeddings_path):
+            if not os.path.isfile(required):
+                raise ValueError(f"GalleryIndex.load: {required!r} not found; is {path!r} a saved GalleryIndex folder?")
+        try:
+            with open(index_path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"GalleryIndex.load: {index_path!r} is not valid JSON ({error})") from error
+        if record.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"GalleryIndex.load: {index_path!r} has format_version {record.get('format_version')!r}, "
+                f"expected {FORMAT_VERSION}"
+            )
+        try:
+            embeddings = load_file(embeddings_path)["embeddings"]
+        except Exception as error:
+            raise ValueError(f"GalleryIndex.load: cannot read {embeddings_path!r} ({error})") from error
+        expected = (record["num_items"], record["embed_dim"])
+        if tuple(embeddings.shape) != expected:
+            raise ValueError(
+                f"GalleryIndex.load: {embeddings_path!r} holds shape {tuple(embeddings.shape)} but {index_path!r} "
+                f"says {expected}"
+            )
+        index = cls(
+            embeddings,
+            ids=record["ids"],
+            metadata=record.get("metadata"),
+            model_identity=record.get("model_identity"),
+            dtype=record.get("dtype", "float32"),
+            normalize=False,  # stored rows are normalised already; re-normalising float16 rows would shift them
+        )
+        index.to(device)
+        faiss_path = os.path.join(path, FAISS_FILE)
+        if load_faiss and record.get("faiss") and os.path.isfile(faiss_path):
+            try:
+                faiss = _import_faiss()
+            except ImportError:
+                logger.warning(f"{faiss_path} exists but faiss is not installed: searching with the torch backend")
+            else:
+                index._faiss_index = faiss.read_index(faiss_path)
+                if index._faiss_index.ntotal != len(index):
+                    raise ValueError(
+                        f"GalleryIndex.load: {faiss_path!r} holds {index._faiss_index.ntotal} vectors, expected "
+                        f"{len(index)}"
+                    )
+                index._faiss_config = dict(record["faiss"])
+                index.set_faiss_search_params(
+                    nprobe=index._faiss_config.get("nprobe"), ef_search=index._faiss_config.get("ef_search")
+                )
+                index.backend = "faiss"
+        return index
