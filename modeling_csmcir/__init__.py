@@ -11,6 +11,12 @@ from .mcot import MCoTPrompt, generate_mcot_captions, load_captioning_pipeline, 
 from .configuration_csmcir import CSMCIRConfig
 from .modeling_csmcir import CSMCIRModel, CSMCIROutput, CSMCIRPreTrainedModel, csmcir_contrastive_loss
 from .processing_csmcir import CSMCIRProcessor
+from .cir_collator import CIRCollator, CIRGalleryCollator
+from .cir_datasets import load_cir_dataset, load_circo, load_cirr, load_fashioniq, load_shoes
+from .cir_evaluation import CIRRetrievalEvaluator, GalleryFeatureCache, evaluate_cir, evaluate_fashioniq
+from .cir_metrics import circo_metrics, cirr_metrics, fashioniq_average, fashioniq_metrics, map_at_k, recall_at_k, shoes_metrics
+from .submissions import build_circo_submission, build_cirr_submissions, write_circo_submission, write_cirr_submissions
+from .synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
 
 AutoConfig.register("csmcir", CSMCIRConfig, exist_ok=True)
 AutoModel.register(CSMCIRConfig, CSMCIRModel, exist_ok=True)
@@ -21,6 +27,30 @@ CSMCIRModel.register_for_auto_class("AutoModel")
 CSMCIRProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "CIRCollator",
+    "CIRGalleryCollator",
+    "load_cir_dataset",
+    "load_circo",
+    "load_cirr",
+    "load_fashioniq",
+    "load_shoes",
+    "CIRRetrievalEvaluator",
+    "GalleryFeatureCache",
+    "evaluate_cir",
+    "evaluate_fashioniq",
+    "circo_metrics",
+    "cirr_metrics",
+    "fashioniq_average",
+    "fashioniq_metrics",
+    "map_at_k",
+    "recall_at_k",
+    "shoes_metrics",
+    "build_circo_submission",
+    "build_cirr_submissions",
+    "write_circo_submission",
+    "write_cirr_submissions",
+    "SyntheticCIRConfig",
+    "generate_synthetic_cir",
     "CSMCIRConfig",
     "CSMCIRModel",
     "CSMCIROutput",
