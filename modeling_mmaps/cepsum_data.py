@@ -271,3 +271,67 @@ def write_region_features(path: str | os.PathLike, regions: dict[str, dict[str, 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class MMAPSDataCollator:
+    """Turn rows of :func:`load_cepsum_split` into a model batch through an ``MMAPSProcessor``.
+
+    Args:
+        processor: the ``MMAPSProcessor`` (tokenizer, image processor, attribute vocabulary).
+        visual_input: ``"images"`` (open ``image_path`` → ``pixel_values``), ``"regions"`` (read
+            ``region_features_path`` → ``visual_features``/``visual_boxes``/``visual_class_probs``) or ``"none"``
+            (text only: the image-blind ablation). Rows without an image are text-only in every mode.
+        language: how attribute words are matched in the references (see ``attributes.find_attributes``).
+        with_labels: add ``labels`` (the row's ``summary``) and, when the processor has a vocabulary,
+            ``attribute_labels`` (its words found in any of the row's references ``tgt``).
+    """
+
+    def __init__(self, processor: Any, visual_input: str = "images", language: str = "zh", with_labels: bool = True):
+        if visual_input not in ("images", "regions", "none"):
+            raise ValueError(f"visual_input: expected 'images', 'regions' or 'none', got {visual_input!r}")
+        self.processor = processor
+        self.visual_input = visual_input
+        self.language = language
+        self.with_labels = with_labels
+        self._readers: dict[str, RegionFeatureReader] = {}
+
+    def _image(self, path: str | None) -> Any:
+        if not path:
+            return None
+        from PIL import Image
+
+        if not os.path.isfile(path):
+            raise ValueError(f"image_path: file {path} does not exist (it did when the dataset was loaded)")
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    def _regions(self, row: dict[str, Any]) -> RegionFeatures | None:
+        path = row.get("region_features_path")
+        if not path:
+            return None
+        if path not in self._readers:
+            self._readers[path] = RegionFeatureReader(path, max_regions=getattr(self.processor, "max_regions", 36))
+        return self._readers[path].get(row["sku"])
+
+    def __call__(self, rows: list[dict[str, Any]]) -> Any:
+        from .attributes import find_attributes
+
+        kwargs: dict[str, Any] = {"text": [row["src"] for row in rows]}
+        if self.visual_input == "images":
+            kwargs["images"] = [self._image(row.get("image_path")) for row in rows]
+        elif self.visual_input == "regions":
+            regions = [self._regions(row) for row in rows]
+            if any(r is not None for r in regions):
+                kwargs["visual_features"] = [None if r is None else r.features for r in regions]
+                kwargs["visual_boxes"] = [None if r is None else r.boxes for r in regions]
+                if all(r is None or r.class_probs.shape[-1] > 0 for r in regions):
+                    kwargs["visual_class_probs"] = [None if r is None else r.class_probs for r in regions]
+        if self.with_labels:
+            kwargs["summaries"] = [row["summary"] for row in rows]
+            vocabulary = getattr(self.processor, "attribute_vocabulary", None)
+            if vocabulary:
+                kwargs["attributes"] = [
+                    sorted(set().union(*(find_attributes(t, vocabulary, language=self.language) for t in row["tgt"])))
+                    for row in rows
+                ]
+        return self.processor(**kwargs)

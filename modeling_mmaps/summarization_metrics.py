@@ -327,12 +327,15 @@ def build_compute_metrics(
 ) -> Callable[[Any], dict[str, float]]:
     """A ``Trainer`` ``compute_metrics`` for ``predict_with_generate`` runs.
 
-    Generated ids are decoded with ``tokenizer`` (special tokens skipped; Chinese BERT-style
+    Generated ids are decoded with ``tokenizer`` (a tokenizer or a processor with ``batch_decode``; special tokens skipped; Chinese BERT-style
     tokenizers put spaces between characters, which CEPSUM scoring ignores). All references of a
     product are used when ``references`` (the evaluation set's ``tgt`` lists, in dataset order) is
     given; otherwise the single decoded label sequence is the reference.
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:  # a processor: its tokenizer knows the pad id
+        pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+    pad_id = 0 if pad_id is None else pad_id
 
     def decode(ids: Any) -> list[str]:
         ids = np.asarray(ids)
