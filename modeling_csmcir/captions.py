@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
 from transformers.utils import logging
+
+from .submissions import write_json_atomically
 
 
 logger = logging.get_logger(__name__)
@@ -164,23 +165,7 @@ def save_caption_file(path: str | os.PathLike, mapping: Mapping[str, CaptionEntr
         if not isinstance(name, str):
             raise ValueError(f"{path}: image names must be str (got {_type_name(name)} {name!r})")
         caption_from_entry(entry, image_name=name, source=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600 files; caption files are ordinary shared data.
-        os.chmod(tmp_name, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(dict(mapping), f, ensure_ascii=False, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Leave no stray temporary file behind when the write is interrupted.
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    return write_json_atomically(path, dict(mapping), indent=2)
 
 
 __all__ = [

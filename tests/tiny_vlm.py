@@ -69,6 +69,21 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def _tiny_llama_config(tokenizer: PreTrainedTokenizerFast, num_hidden_layers: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 def build_tiny_llava(save_dir: str | Path, *, chat_template: bool = True, seed: int = 0) -> Path:
     """Save a tiny random Llava (model + processor) to ``save_dir`` and return the folder."""
     save_dir = Path(save_dir)
@@ -83,18 +98,7 @@ def build_tiny_llava(save_dir: str | Path, *, chat_template: bool = True, seed: 
         patch_size=PATCH_SIZE,
         projection_dim=16,
     )
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text_config = _tiny_llama_config(tokenizer, num_hidden_layers=2)
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -131,18 +135,7 @@ def build_tiny_text_lm(save_dir: str | Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = _tiny_llama_config(tokenizer, num_hidden_layers=1)
     LlamaForCausalLM(config).save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     return save_dir
