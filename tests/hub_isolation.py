@@ -18,7 +18,7 @@ BLOCKED_PACKAGES = ("modeling_csmcir", "modeling_mmaps", "pipelines", "hub_cards
 
 _PRELUDE = f"""
 import sys
-sys.path = [p for p in sys.path if p not in ("", ".") and not p.startswith({str(Path(__file__).resolve().parents[1])!r})]
+sys.path = [p for p in sys.path if p not in ("", ".", {str(Path(__file__).resolve().parents[1])!r})]
 class _Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {BLOCKED_PACKAGES!r}:
