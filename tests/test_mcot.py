@@ -316,6 +316,11 @@ def test_images_from_saved_dataset_reports_corrupt_rows(tmp_path):
         records[2].load()
     with pytest.raises(ValueError, match="no image column 'pic'"):
         images_from_saved_dataset(tmp_path / "ds", image_column="pic")
+    # The CLI's --dataset recognises a save_to_disk folder (no CIRR image_splits) on its own.
+    from modeling_csmcir.mcot_cli import MCoTCaptionArguments, collect_images
+
+    args = MCoTCaptionArguments(model_name_or_path="unused", output_file="unused", dataset=str(tmp_path / "ds"))
+    assert [r.name for r in collect_images(args)] == ["p0", "p1", "bad"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
