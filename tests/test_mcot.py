@@ -383,6 +383,26 @@ def test_resume_after_interruption_equals_uninterrupted_run(pipe, image_dir, tmp
     assert resumed.read_bytes() == full.read_bytes()
 
 
+def test_cache_replays_journal_and_cuts_a_torn_last_line(tmp_path):
+    """What a hard kill leaves behind (journal lines, the last one half-written) is recovered exactly."""
+    out = tmp_path / "c.json"
+    save_caption_file(out, {"a": "old caption"})
+    cache = CaptionCache(out)
+    cache.add({"b": make_caption_entry("B")})
+    cache.add({"c": make_caption_entry("C"), "a": make_caption_entry("A")})
+    with cache.journal_file.open("a", encoding="utf-8") as f:
+        f.write('{"d": {"Final_Caption": "half-writ')
+    reopened = CaptionCache(out)
+    assert sorted(reopened.entries) == ["a", "b", "c"]
+    assert reopened.entries["a"]["Final_Caption"] == "A"  # the journal is newer than the file
+    assert cache.journal_file.read_text(encoding="utf-8").endswith("}\n")  # torn tail cut off
+    reopened.add({"d": make_caption_entry("D")})
+    reopened.save()
+    assert load_target_captions(out) == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    assert not cache.journal_file.exists()
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch + transformers: ~15-30 s on the shared CI cores
 def test_killed_cli_run_resumes_from_journal(vlm_dir, image_dir, tmp_path):
     """SIGKILL after two batches (no cleanup runs), a torn journal line, then the same command again."""
     out_killed, out_full = tmp_path / "killed.json", tmp_path / "full.json"
