@@ -17,6 +17,8 @@ from .cir_evaluation import CIRRetrievalEvaluator, GalleryFeatureCache, evaluate
 from .cir_metrics import circo_metrics, cirr_metrics, fashioniq_average, fashioniq_metrics, map_at_k, recall_at_k, shoes_metrics
 from .submissions import build_circo_submission, build_cirr_submissions, write_circo_submission, write_cirr_submissions
 from .synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
+from .memory_bank import MemoryBank
+from .trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
 
 AutoConfig.register("csmcir", CSMCIRConfig, exist_ok=True)
 AutoModel.register(CSMCIRConfig, CSMCIRModel, exist_ok=True)
@@ -66,4 +68,7 @@ __all__ = [
     "load_target_captions",
     "make_caption_entry",
     "save_caption_file",
+    "MemoryBank",
+    "CSMCIRTrainer",
+    "CSMCIRTrainingArguments",
 ]
