@@ -203,7 +203,8 @@ class CSMCIRTrainer(Trainer):
             return 0
         embeds, ids, step = self._pending_enqueue
         self._pending_enqueue = None
-        return self.memory_bank.enqueue(embeds, ids, step)
+        known = ids >= 0  # loaders mark a target missing from the gallery with -1: it has no identity to store
+        return self.memory_bank.enqueue(embeds[known], ids[known], step)
 
     def _record_bank_step(self, mean_k: float, share: float, entropy: float) -> None:
         self._bank_log_sums["bank_mean_k"] += mean_k
