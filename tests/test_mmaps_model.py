@@ -15,6 +15,16 @@ from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration, MMAPSProc
 from modeling_mmaps.modeling_mmaps import insert_text_cls, remove_text_cls
 from tests.hub_isolation import run_isolated
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine thread contention makes
+    each step ~20x slower; run these tests single-threaded."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 TASKS = ("summary", "attribute", "alignment", "contrastive", "region")
 
 
@@ -447,6 +457,7 @@ def test_save_load_identical_and_clean_process_hub_load_generates_the_same_text(
     code = f"""
     import json, torch
     from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+    torch.set_num_threads(1)
     model = AutoModelForSeq2SeqLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
     inputs = processor({texts!r}, visual_features={features!r}, visual_boxes={boxes!r})
