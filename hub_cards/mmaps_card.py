@@ -1,0 +1,129 @@
+"""The Hub model card of an MMAPS model (multimodal product summarization), filled from real evaluation results.
+
+    write_mmaps_card("outputs/mmaps", metrics="outputs/mmaps/eval_results.json", training_args=trainer.args,
+                     dataset_name="synthetic-products")
+
+Metadata: ``library_name: transformers``, ``pipeline_tag: summarization`` (an official Hub task, although
+transformers 5 removed the pipeline of that name: ours is ``product-summarization``, carried as a tag).
+Body: ``templates/mmaps_card.md.jinja``. ``MMAPS_PROTOCOLS`` words the two scoring protocols of
+``modeling_mmaps.summarization_metrics`` for results files that do not record theirs (the Trainer's).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+from transformers.utils import logging
+
+from .card_rendering import build_eval_results, gather_card_inputs, metric_rows, render_card, save_card
+
+logger = logging.get_logger(__name__)
+
+MMAPS_PIPELINE_TAG = "summarization"
+MMAPS_TASK = "product-summarization"
+MMAPS_TAGS = ("mmaps", MMAPS_TASK, "multimodal", "bart", "e-commerce", "attribute-aware")
+MMAPS_TEMPLATE = "mmaps_card.md.jinja"
+MMAPS_PROTOCOLS = {
+    "zh": "CEPSUM protocol: character-level ROUGE-1/2 (clipped n-gram F1) and set-based summary-level ROUGE-L "
+          "(sentences split on 。) of each summary against every reference, averaged over references then products, "
+          "x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of the summary vs. "
+          "those of any reference",
+    "en": "standard ROUGE-1/2/Lsum F (rouge_score, lower-cased Unicode words, best reference per product) averaged "
+          "over products, x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of "
+          "the summary vs. those of any reference",
+}
+EXAMPLE_TEXTS = {
+    "zh": "这款双肩包采用防泼水面料，容量大，内部多隔层，背负舒适，适合通勤和旅行。",
+    "en": "This backpack is made of water-repellent fabric, with a large capacity, several inner pockets and padded straps.",
+}
+DATASET_DISPLAY_NAMES = {"cepsum": "CEPSUM", "synthetic-products": "the synthetic product set (CEPSUM layout)"}
+
+
+def _visual_input(config: dict[str, Any]) -> str:
+    vision = config.get("vision_config")
+    if vision:
+        return f"raw images through a `{vision.get('model_type', 'vision')}` backbone's patch features"
+    return f"pre-extracted region features ({config.get('visual_feature_dim', '?')}-d, up to {config.get('max_regions', '?')} regions)"
+
+
+def build_mmaps_card(
+    output_dir: str | os.PathLike,
+    metrics: Any = None,
+    training_args: Any = None,
+    base_model: str | None = None,
+    dataset_name: str | None = None,
+    *,
+    repo_id: str | None = None,
+    trainer_state: Any = None,
+    language: str | None = None,
+    datasets: Sequence[str] | None = None,
+    license: str = "apache-2.0",
+    tags: Sequence[str] = (),
+) -> ModelCard:
+    """The card of the MMAPS model saved in ``output_dir`` (see :func:`write_mmaps_card`); does not write it."""
+    inputs = gather_card_inputs(output_dir, metrics, training_args, trainer_state, dataset_name, repo_id)
+    report, config, settings, dataset = inputs.report, inputs.config, inputs.settings, inputs.dataset
+    language = language or settings.get("summary_language") or "zh"
+    if language not in EXAMPLE_TEXTS:
+        raise ValueError(f"language: expected one of {sorted(EXAMPLE_TEXTS)}, got {language!r}")
+    eval_results = None
+    if report is not None:
+        eval_results = build_eval_results(
+            report, task_type=MMAPS_PIPELINE_TAG, task_name="Multimodal Product Summarization", dataset_type=dataset,
+            dataset_name=DATASET_DISPLAY_NAMES.get(dataset, dataset), dataset_split=inputs.split,
+        )
+    card_data = ModelCardData(
+        model_name=inputs.model_name, library_name="transformers", pipeline_tag=MMAPS_PIPELINE_TAG, license=license,
+        language=language, tags=list(dict.fromkeys([*MMAPS_TAGS, *tags])), datasets=list(datasets) if datasets else None,
+        metrics=["rouge", "bleu"] if report is not None else None, base_model=base_model, eval_results=eval_results,
+    )
+    text = config.get("text_config") or {}
+    generation = {k: settings.get(f"generation_{k}") for k in ("num_beams", "max_length")}
+    return render_card(
+        MMAPS_TEMPLATE, card_data,
+        model_name=inputs.model_name, repo_id=inputs.repo_id, base_model=base_model,
+        has_pipeline=bool(config.get("custom_pipelines")), uses_pixels=bool(config.get("vision_config")),
+        visual_input=_visual_input(config), d_model=text.get("d_model", "?"), encoder_layers=text.get("encoder_layers", "?"),
+        decoder_layers=text.get("decoder_layers", "?"), vocab_size=text.get("vocab_size", "?"),
+        num_attributes=config.get("num_attributes", "?"), example_text=EXAMPLE_TEXTS[language],
+        num_beams=generation["num_beams"] or 3, max_new_tokens=generation["max_length"] or 90,
+        metric_rows=metric_rows(report), protocol=report.protocol if report else None,
+        dataset_display=DATASET_DISPLAY_NAMES.get(dataset, dataset), dataset_split=inputs.split,
+        synthetic="synthetic" in dataset, training_settings=settings,
+    )
+
+
+def write_mmaps_card(
+    output_dir: str | os.PathLike,
+    metrics: Any = None,
+    training_args: Any = None,
+    base_model: str | None = None,
+    dataset_name: str | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Write ``output_dir/README.md``: the model card of the MMAPS model saved there.
+
+    Args:
+        output_dir: the saved model folder (its ``config.json`` supplies the architecture facts; whether images
+            enter as pixels and whether the custom pipeline is saved there decide the usage snippet).
+        metrics: ``eval_results.json`` / ``metrics.json`` (path, folder or dict; ``eval_`` prefixes are dropped),
+            a flat ``{"protocol": ..., "rouge2": ...}`` dict, or ``None`` for a card without results.
+        training_args: ``MMAPSTrainingArguments`` (or dict / JSON path) of the run; ``trainer_state`` (keyword)
+            is read from ``output_dir/trainer_state.json`` when not given.
+        base_model: the BART checkpoint the model started from (e.g. ``fnlp/bart-base-chinese``).
+        dataset_name: the evaluated dataset when ``metrics`` does not name it.
+        kwargs: ``repo_id`` (for the usage snippet; default ``your-username/<folder name>``), ``trainer_state``,
+            ``language`` (``zh``/``en``; default the run's ``summary_language``), ``datasets``, ``license``, ``tags``.
+
+    Returns:
+        the path of the written card.
+    """
+    card = build_mmaps_card(output_dir, metrics, training_args, base_model, dataset_name, **kwargs)
+    return save_card(card, output_dir)
+
+
+__all__ = ["MMAPS_PIPELINE_TAG", "MMAPS_PROTOCOLS", "MMAPS_TAGS", "build_mmaps_card", "write_mmaps_card"]
