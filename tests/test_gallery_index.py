@@ -54,8 +54,7 @@ def test_chunked_search_merges_blocks_exactly(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_storage_scores_the_stored_vectors_exactly(dtype, monkeypatch):
-    monkeypatch.setattr(gallery_module, "_CONVERT_BUFFER_BYTES", 16 * 16 * 4)  # 256-row buffer: many up-cast blocks
+def test_half_precision_storage_scores_the_stored_vectors_exactly(dtype):
     gallery, queries = _normalised(3000, 16, seed=3), torch.randn(5, 16)
     index = GalleryIndex(gallery, dtype=dtype)
     assert index.dtype == getattr(torch, dtype)
@@ -64,13 +63,30 @@ def test_half_precision_storage_scores_the_stored_vectors_exactly(dtype, monkeyp
     # The stored rows are scored as stored (rounded, so norms are 1 ± 1e-3), not re-normalised.
     stored_scores = torch.nn.functional.normalize(queries, dim=1) @ index.embeddings.float().T
     expected_scores, expected_positions = stored_scores.topk(10, dim=1)
-    torch.testing.assert_close(result.scores, expected_scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.scores, expected_scores, rtol=0, atol=1e-6)
     assert torch.equal(result.positions, expected_positions)
     # Against the float32 gallery the ranking barely moves: same best hit, ≥ 8 of the top 10 shared.
     _, full_precision_positions = _brute_force(gallery, queries, 10)
     assert torch.equal(result.positions[:, 0], full_precision_positions[:, 0])
     overlap = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(result.positions, full_precision_positions)]
     assert min(overlap) >= 8
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_shortlist_widens_over_near_ties(dtype, monkeypatch):
+    # 300 near-copies of one row sit within the half-precision error of each other: the shortlist must widen past
+    # its first width (8) and still return the exact float32 top-k of the stored rows.
+    monkeypatch.setattr(gallery_module, "_SHORTLIST_MIN_WIDTH", 8)
+    base = _normalised(1, 64, seed=4)
+    generator = torch.Generator().manual_seed(5)
+    near_copies = base + 3e-3 * torch.randn(300, 64, generator=generator)
+    gallery = torch.cat([_normalised(5000, 64, seed=6), near_copies])
+    index = GalleryIndex(gallery, dtype=dtype)
+    queries = torch.cat([base, base + 1e-3 * torch.randn(3, 64, generator=generator)])
+    result = index.search(queries, top_k=20)
+    exact_scores, _ = (torch.nn.functional.normalize(queries, dim=1) @ index.embeddings.float().T).topk(20, dim=1)
+    torch.testing.assert_close(result.scores, exact_scores, rtol=0, atol=1e-6)
+    assert bool((result.positions >= 5000).all())
 
 
 def test_top_k_larger_than_gallery_is_clamped_and_hits_carry_metadata():
