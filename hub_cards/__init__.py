@@ -14,6 +14,7 @@ live in ``hub_cards/templates/``. ``HubCardTrainerMixin`` makes the package's tr
 from __future__ import annotations
 
 from .card_rendering import metric_display_name
+from .clean_process import run_in_clean_process
 from .csmcir_card import CSMCIR_PIPELINE_TAG, CSMCIR_TAGS, build_csmcir_card, write_csmcir_card
 from .metrics_file import EvaluationReport, parse_metrics, read_metrics_file
 from .mmaps_card import MMAPS_PIPELINE_TAG, MMAPS_PROTOCOLS, MMAPS_TAGS, build_mmaps_card, write_mmaps_card
@@ -35,6 +36,7 @@ __all__ = [
     "parse_metrics",
     "read_metrics_file",
     "read_training_settings",
+    "run_in_clean_process",
     "write_csmcir_card",
     "write_mmaps_card",
     "write_trainer_card",

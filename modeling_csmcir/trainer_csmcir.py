@@ -23,6 +23,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from hub_cards.trainer_cards import HubCardTrainerMixin
+
 from .memory_bank import BANK_STRATEGIES, MemoryBank
 from .modeling_csmcir import csmcir_contrastive_loss
 
@@ -91,7 +93,8 @@ class CSMCIRTrainingArguments(TrainingArguments):
         )
 
 
-class CSMCIRTrainer(Trainer):
+# HubCardTrainerMixin (hub_cards): every saved output and push_to_hub get this package's model card.
+class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
     """`Trainer` for `CSMCIRModel` with the entropy-based, temporally dynamic memory bank.
 
     Batches must carry `target_ids` (non-negative integer target identities) unless `bank_strategy="none"`.

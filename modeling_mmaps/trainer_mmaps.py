@@ -25,6 +25,8 @@ from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.utils import logging
 
+from hub_cards.trainer_cards import HubCardTrainerMixin
+
 from .summarization_metrics import build_compute_metrics
 
 logger = logging.get_logger(__name__)
@@ -57,7 +59,8 @@ class MMAPSTrainingArguments(Seq2SeqTrainingArguments):
         super().__post_init__()
 
 
-class MMAPSTrainer(Seq2SeqTrainer):
+# HubCardTrainerMixin (hub_cards): every saved output and push_to_hub get this package's model card.
+class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer):
     """Trainer for :class:`MMAPSForConditionalGeneration` (see the module docstring for what it adds).
 
     Args beyond ``Seq2SeqTrainer``'s:
