@@ -427,6 +427,18 @@ def test_pixel_path_runs_a_vision_backbone_and_masks_missing_images():
         model(**batch, visual_features=torch.zeros(4, 2, 16))
 
 
+def test_pixel_model_save_load_is_identical(tmp_path):
+    # from_pretrained builds on the meta device: the backbone's buffers must come back right, not as garbage.
+    model = tiny_model(vision_config=MMAPSConfig.tiny_vision_config())
+    model.save_pretrained(tmp_path)
+    reloaded = MMAPSForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vision_config.model_type == "clip_vision_model"
+    batch = MMAPSProcessor.tiny()(["这款包", "简约百搭"], images=[None, None], summaries=["好", "大"])
+    batch["pixel_values"] = torch.randn(2, 3, 32, 32)
+    batch["image_mask"] = torch.tensor([1, 1])
+    assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Save / load / Hub
 # ------------------------------------------------------------------------------------------------------------------
