@@ -38,7 +38,7 @@ ATTRIBUTE_VOCABULARY_FILE = "attribute_vocabulary.json"
 CHINESE_STOP_WORDS = frozenset(
     """的 了 和 与 及 是 在 有 也 都 就 而 又 很 更 最 让 使 把 被 给 对 为 以 于 从 这 那 这款 此款 该 本 一款 一个 一种
     您 你 我 我们 他 她 它 其 之 着 得 地 等 能 会 可 可以 不 没有 非常 十分 更加 还 并 且 或 如 如果 因为 所以 但 但是
-    带来 采用 使用 拥有 具有 打造 设计 产品 商品 宝贝 款式 效果 感觉 体验 日常 生活 时候 方便 适合 满足 需求 轻松""".split()
+    材质 品味 面料 风格 带来 采用 使用 拥有 具有 打造 设计 产品 商品 宝贝 款式 效果 感觉 体验 日常 生活 时候 方便 适合 满足 需求 轻松""".split()
 )
 ENGLISH_STOP_WORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been it its this that these those

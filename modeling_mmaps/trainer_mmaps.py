@@ -131,6 +131,16 @@ class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer):
             return loss, None, None
         return loss, generated, labels
 
+    def _pad_tensors_to_max_len(self, tensor: torch.Tensor, max_length: int) -> torch.Tensor:
+        # Overridden because the parent looks for `pad_token_id` on the processor or the top-level config; MMAPS
+        # keeps it in the tokenizer and in `config.text_config`.
+        pad_id = getattr(getattr(self.processing_class, "tokenizer", self.processing_class), "pad_token_id", None)
+        if pad_id is None:
+            pad_id = self.model.config.text_config.pad_token_id
+        padded = tensor.new_full((tensor.shape[0], max_length), pad_id)
+        padded[:, : tensor.shape[-1]] = tensor
+        return padded
+
     # -- metrics ---------------------------------------------------------------------------------------------------
     def _metrics_for(self, dataset: Any) -> None:
         if not self._default_metrics or not self.args.predict_with_generate:

@@ -10,13 +10,15 @@ Registration is idempotent (re-registering a task replaces it with the same clas
 
 from __future__ import annotations
 
-from transformers import AutoModel
+from transformers import AutoModel, AutoModelForSeq2SeqLM
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .composed_image_retrieval import TASK as COMPOSED_IMAGE_RETRIEVAL_TASK
 from .composed_image_retrieval import ComposedImageRetrievalPipeline, load_retrieval_image
 from .gallery_index import GalleryIndex, SearchResult, model_identity
+from .product_summarization import TASK as PRODUCT_SUMMARIZATION_TASK
+from .product_summarization import ProductSummarizationPipeline
 
 
 logger = logging.get_logger(__name__)
@@ -32,15 +34,29 @@ def register_composed_image_retrieval() -> None:
     )
 
 
+def register_product_summarization() -> None:
+    """Register `product-summarization` (product text + optional image → summary and attributes)."""
+    PIPELINE_REGISTRY.register_pipeline(
+        PRODUCT_SUMMARIZATION_TASK,
+        pipeline_class=ProductSummarizationPipeline,
+        pt_model=AutoModelForSeq2SeqLM,
+        type="multimodal",
+    )
+
+
 def register_pipelines() -> None:
     """Register every task of this package with transformers (called on import)."""
     register_composed_image_retrieval()
+    register_product_summarization()
 
 
 register_pipelines()
 
 __all__ = [
     "COMPOSED_IMAGE_RETRIEVAL_TASK",
+    "PRODUCT_SUMMARIZATION_TASK",
+    "ProductSummarizationPipeline",
+    "register_product_summarization",
     "ComposedImageRetrievalPipeline",
     "GalleryIndex",
     "SearchResult",

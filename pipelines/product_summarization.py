@@ -1,0 +1,144 @@
+"""The ``product-summarization`` pipeline: product text (+ optional image) → selling summary + attributes.
+
+    summarizer = pipeline("product-summarization", model=path_or_repo, trust_remote_code=True)
+    summarizer({"text": long_text, "image": image})            # image: PIL image, path/URL, or None
+    # -> [{"summary_text": "...", "attributes": [{"attribute": "红色", "score": 0.93}, ...]}]
+    summarizer([{"text": a}, {"text": b, "image": img}], batch_size=2)   # one such list per product
+
+Any ``generate`` setting passes through (``num_beams=3, max_new_tokens=90``, or ``generate_kwargs={...}``);
+``attribute_threshold`` (default: the model config's) and ``top_k_attributes`` shape the attribute list.
+A model that reads pre-extracted regions instead of pixels takes ``{"text", "visual_features", "visual_boxes"}``.
+
+Hub rule: ``pipe.save_pretrained`` copies this file next to the model, so it imports only torch, numpy, PIL,
+transformers and its own siblings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Pipeline
+from transformers.image_utils import load_image
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+TASK = "product-summarization"
+_VISUAL_REGION_KEYS = ("visual_features", "visual_boxes", "visual_class_probs")
+
+
+class ProductSummarizationPipeline(Pipeline):
+    """Summarize products with an MMAPS model (``AutoModelForSeq2SeqLM`` + ``MMAPSProcessor``)."""
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(
+        self,
+        generate_kwargs: dict[str, Any] | None = None,
+        attribute_threshold: float | None = None,
+        top_k_attributes: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        forward: dict[str, Any] = {}
+        postprocess: dict[str, Any] = {}
+        # Every other keyword is a generation setting (num_beams, max_new_tokens, do_sample, ...).
+        merged = {**(generate_kwargs or {}), **kwargs}
+        if merged:
+            forward["generate_kwargs"] = merged
+        if attribute_threshold is not None:
+            if not 0.0 < attribute_threshold < 1.0:
+                raise ValueError(f"attribute_threshold: expected a probability in (0, 1), got {attribute_threshold}")
+            postprocess["attribute_threshold"] = attribute_threshold
+        if top_k_attributes is not None:
+            postprocess["top_k_attributes"] = top_k_attributes
+        return {}, forward, postprocess
+
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        """Summarize one product (a dict, or a bare string for text only) or a list of them.
+
+        Returns ``[{"summary_text", "attributes"}]`` for one product and a list of such lists for a list.
+        """
+        return super().__call__(inputs, **kwargs)
+
+    # -- stages ----------------------------------------------------------------------------------------------------
+    def _uses_pixels(self) -> bool:
+        return getattr(self.model.config, "vision_config", None) is not None
+
+    def preprocess(self, inputs: Any) -> dict[str, torch.Tensor]:
+        if isinstance(inputs, str):
+            inputs = {"text": inputs}
+        if not isinstance(inputs, dict):
+            raise ValueError(f"inputs: expected {{'text': str, 'image': optional}} or a list of them, got {type(inputs).__name__}")
+        text = inputs.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("inputs['text']: expected a non-empty product description")
+        image = inputs.get("image")
+        has_regions = inputs.get("visual_features") is not None
+        if image is not None and not self._uses_pixels():
+            raise ValueError(
+                "inputs['image']: this model reads pre-extracted region features (config.vision_config is None); "
+                "pass 'visual_features' and 'visual_boxes' instead"
+            )
+        if has_regions and self._uses_pixels():
+            raise ValueError("inputs['visual_features']: this model reads raw images; pass 'image' instead")
+        if self._uses_pixels():
+            picture = load_image(image) if image is not None else None
+            encoded = self.processor(text=[text], images=[picture], return_tensors="pt")
+            if "pixel_values" not in encoded:
+                # A product without an image still gets a (zero) pixel tensor, so every item has the same keys and
+                # batching works; image_mask = 0 makes the model ignore it.
+                size = self.processor.image_processor.crop_size
+                encoded["pixel_values"] = torch.zeros(1, 3, size["height"], size["width"])
+        elif has_regions:
+            encoded = self.processor(
+                text=[text], return_tensors="pt",
+                **{k: [inputs[k]] for k in _VISUAL_REGION_KEYS if inputs.get(k) is not None},
+            )
+            encoded.pop("visual_class_probs", None)  # a training target, not an input
+        else:
+            encoded = self.processor(text=[text], return_tensors="pt")
+            encoded["image_mask"] = torch.zeros(1, dtype=torch.long)
+        return dict(encoded)
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        generate_kwargs = dict(generate_kwargs or {})
+        visual_inputs = {k: v for k, v in model_inputs.items() if k not in ("input_ids", "attention_mask")}
+        if model_inputs.get("image_mask") is not None and not bool(model_inputs["image_mask"].any()):
+            # No product of the batch has an image: leave the visual inputs out entirely.
+            visual_inputs = {}
+        generated = self.model.generate(
+            input_ids=model_inputs["input_ids"], attention_mask=model_inputs["attention_mask"], **visual_inputs, **generate_kwargs
+        )
+        probabilities = None
+        if getattr(self.model.config, "num_attributes", 0) and hasattr(self.model, "predict_attributes"):
+            probabilities, _ = self.model.predict_attributes(
+                model_inputs["input_ids"], model_inputs["attention_mask"], **visual_inputs
+            )
+        return {"generated": generated, "attribute_probabilities": probabilities}
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], attribute_threshold: float | None = None, top_k_attributes: int | None = None
+    ) -> list[dict[str, Any]]:
+        summaries = self.processor.batch_decode(model_outputs["generated"], skip_special_tokens=True)
+        probabilities = model_outputs.get("attribute_probabilities")
+        vocabulary = getattr(self.processor, "attribute_vocabulary", None)
+        if probabilities is not None and vocabulary is not None and probabilities.shape[-1] != len(vocabulary):
+            raise ValueError(
+                f"attribute vocabulary has {len(vocabulary)} words but the model predicts {probabilities.shape[-1]} "
+                "attributes (config.num_attributes); the processor and model do not belong together"
+            )
+        if attribute_threshold is None:
+            attribute_threshold = float(getattr(self.model.config, "attribute_threshold", 0.5))
+        results = []
+        for index, summary in enumerate(summaries):
+            attributes: list[dict[str, Any]] = []
+            if probabilities is not None and vocabulary:
+                attributes = self.processor.decode_attributes(probabilities[index : index + 1], threshold=attribute_threshold)[0]
+                if top_k_attributes is not None:
+                    attributes = attributes[:top_k_attributes]
+            results.append({"summary_text": summary, "attributes": attributes})
+        return results
