@@ -96,7 +96,10 @@ def load_model_and_processor(data_args: CSMCIRDataArguments) -> tuple[CSMCIRMode
             if data_args.processor_name_or_path
             else CSMCIRProcessor.tiny(image_size=data_args.image_size)
         )
-        config = CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), image_size=data_args.image_size)
+        # Trained from scratch: a frozen random vision tower would give the Q-Former nothing to learn from.
+        config = CSMCIRConfig.tiny(
+            vocab_size=len(processor.tokenizer), image_size=data_args.image_size, freeze_vision=False
+        )
         return CSMCIRModel(config), processor
     path = data_args.model_name_or_path
     config_file = Path(path) / "config.json"

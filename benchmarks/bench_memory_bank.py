@@ -1,0 +1,211 @@
+"""What does the memory bank cost per training step?
+
+Two tables, written to ``benchmarks/results/memory_bank.md``:
+
+1. **Per-step overhead** of ``CSMCIRTrainer.training_step`` (forward, bank selection, loss, backward, enqueue)
+   plus the optimizer step, with no bank and with full banks of 4k / 16k / 64k entries of 256-d embeddings, side
+   by side in one run. The configurations are interleaved step by step (round robin) and the median is reported,
+   so drift in machine load hits them all alike. The model is a CSMCIR model with 256-d embeddings and a small
+   BLIP-2-style vision tower and Q-Former (sizes in the table header), on the device chosen.
+2. **Selection cost** of ``MemoryBank.negative_logits`` (+ its backward) alone as the bank grows, per strategy.
+
+    .venv/bin/python benchmarks/bench_memory_bank.py [--device cpu --threads 1 --steps 12 --batch_size 64]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Blip2VisionConfig, HfArgumentParser
+
+from modeling_csmcir import CSMCIRConfig, CSMCIRModel, MemoryBank
+from modeling_csmcir.trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
+
+
+@dataclass
+class BenchArguments:
+    output_file: str = field(default="benchmarks/results/memory_bank.md")
+    device: str = field(default="cpu")
+    threads: int = field(default=1, metadata={"help": "CPU threads (1 is steadiest on a shared machine)."})
+    steps: int = field(default=12, metadata={"help": "Timed steps per configuration (after 2 warm-up steps)."})
+    batch_size: int = field(default=64)
+    embed_dim: int = field(default=256)
+    hidden_size: int = field(default=256, metadata={"help": "Width of the vision tower and Q-Former."})
+    num_layers: int = field(default=4, metadata={"help": "Layers of the vision tower and of the Q-Former."})
+    image_size: int = field(default=64)
+    text_length: int = field(default=16)
+    bank_sizes: str = field(default="4096,16384,65536")
+    strategy: str = field(default="entropy")
+    k_min: int = field(default=16)
+    k_max: int = field(default=256)
+    selection_sizes: str = field(default="1024,4096,16384,65536")
+    selection_repeats: int = field(default=10)
+
+
+def build_model(args: BenchArguments) -> CSMCIRModel:
+    vision = Blip2VisionConfig(
+        hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size, num_hidden_layers=args.num_layers,
+        num_attention_heads=4, image_size=args.image_size, patch_size=8,
+    )
+    qformer = dict(
+        vocab_size=30522, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
+        intermediate_size=4 * args.hidden_size, cross_attention_frequency=2, max_position_embeddings=64,
+    )
+    config = CSMCIRConfig.tiny(
+        vision_config=vision, qformer_config=qformer, num_query_tokens=16, embed_dim=args.embed_dim,
+        image_size=args.image_size,
+    )
+    torch.manual_seed(0)
+    return CSMCIRModel(config)
+
+
+def full_bank(args: BenchArguments, capacity: int, strategy: str, device: torch.device) -> MemoryBank:
+    """A bank filled to capacity with random unit vectors (ids far from the batch's, so nothing is masked)."""
+    bank = MemoryBank(capacity, args.embed_dim, strategy=strategy, k_min=args.k_min, k_max=args.k_max,
+                      age_decay=500.0, max_age=None, device=device)
+    generator = torch.Generator().manual_seed(capacity)
+    bank.enqueue(F.normalize(torch.randn(capacity, args.embed_dim, generator=generator), dim=-1),
+                 torch.arange(capacity) + 1_000_000, step=0)
+    return bank
+
+
+def make_batch(args: BenchArguments, device: torch.device) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    b, length = args.batch_size, args.text_length
+    return {
+        "pixel_values": torch.randn(b, 3, args.image_size, args.image_size, generator=generator).to(device),
+        "input_ids": torch.randint(1000, 30000, (b, length), generator=generator).to(device),
+        "attention_mask": torch.ones(b, length, dtype=torch.long, device=device),
+        "target_pixel_values": torch.randn(b, 3, args.image_size, args.image_size, generator=generator).to(device),
+        "target_input_ids": torch.randint(1000, 30000, (b, length), generator=generator).to(device),
+        "target_attention_mask": torch.ones(b, length, dtype=torch.long, device=device),
+        "target_ids": torch.arange(b, device=device),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_overhead(args: BenchArguments, device: torch.device) -> tuple[list[tuple[str, float, float]], str]:
+    """Median seconds per training step for no bank and each bank size, measured round robin."""
+    model = build_model(args).to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        training_args = CSMCIRTrainingArguments(
+            output_dir=tmp, report_to="none", use_cpu=device.type == "cpu", bank_strategy=args.strategy,
+            bank_k_min=args.k_min, bank_k_max=args.k_max, bank_max_age=-1, learning_rate=1e-5,
+        )
+        trainer = CSMCIRTrainer(model=model, args=training_args)
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this bypasses
+        trainer.state.global_step = 10
+        batch = make_batch(args, device)
+        sizes = [int(s) for s in args.bank_sizes.split(",")]
+        configs = [("no bank", MemoryBank(1, args.embed_dim, strategy="none", device=device))]
+        configs += [(f"{size // 1024}k × {args.embed_dim}", full_bank(args, size, args.strategy, device)) for size in sizes]
+        times: dict[str, list[float]] = {name: [] for name, _ in configs}
+        model.train()
+        for repeat in range(args.steps + 2):
+            for name, bank in configs:
+                # Each step enqueues the batch (ids 0..B-1, replacing their previous slots): the bank stays full
+                # but for at most B slots, as in a real run with repeated targets.
+                trainer.memory_bank = bank
+                synchronize(device)
+                start = time.perf_counter()
+                trainer.training_step(model, batch)
+                trainer.optimizer.step()
+                trainer.optimizer.zero_grad()
+                synchronize(device)
+                if repeat >= 2:
+                    times[name].append(time.perf_counter() - start)
+        baseline = statistics.median(times["no bank"])
+        rows = [(name, statistics.median(values), statistics.median(values) / baseline - 1) for name, values in times.items()]
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    desc = (f"model: vision {args.num_layers}×{args.hidden_size} ({args.image_size} px, patch 8), Q-Former "
+            f"{args.num_layers}×{args.hidden_size}, 16 query tokens, embed_dim {args.embed_dim}; "
+            f"{params / 1e6:.1f}M parameters ({trainable / 1e6:.1f}M trainable, vision frozen); batch {args.batch_size}, "
+            f"text length {args.text_length}; strategy {args.strategy} (k {args.k_min}..{args.k_max})")
+    return rows, desc
+
+
+def selection_cost(args: BenchArguments, device: torch.device) -> list[tuple[int, dict[str, float]]]:
+    """Median milliseconds of negative_logits + backward through it, per bank size and strategy."""
+    generator = torch.Generator().manual_seed(2)
+    queries = F.normalize(torch.randn(args.batch_size, args.embed_dim, generator=generator), dim=-1).to(device)
+    positive_ids = torch.arange(args.batch_size, device=device)
+    results = []
+    for size in [int(s) for s in args.selection_sizes.split(",")]:
+        row = {}
+        for strategy in ("fifo", "hard", "entropy"):
+            bank = full_bank(args, size, strategy, device)
+            samples = []
+            for repeat in range(args.selection_repeats + 2):
+                q = queries.clone().requires_grad_(True)
+                synchronize(device)
+                start = time.perf_counter()
+                logits = bank.negative_logits(q, 14.3, positive_ids, step=10)
+                torch.logsumexp(logits, dim=1).sum().backward()
+                synchronize(device)
+                if repeat >= 2:
+                    samples.append(time.perf_counter() - start)
+            row[strategy] = 1000 * statistics.median(samples)
+        results.append((size, row))
+    return results
+
+
+def main(argv: list[str] | None = None) -> Path:
+    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows, desc = step_overhead(args, device)
+    selection = selection_cost(args, device)
+    command = "  .venv/bin/python benchmarks/bench_memory_bank.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
+    lines = [
+        "# Memory bank: per-step overhead and selection cost",
+        "",
+        "Command:",
+        "",
+        command.rstrip(),
+        "",
+        f"Device: {device_name}; torch {torch.__version__}. {desc}.",
+        "",
+        f"## Per-step overhead (median of {args.steps} interleaved steps: training_step + optimizer step)",
+        "",
+        "| bank | s / step | overhead vs no bank |",
+        "|---|---|---|",
+    ]
+    for name, seconds, overhead in rows:
+        lines.append(f"| {name} | {seconds:.4f} | {'—' if name == 'no bank' else f'{100 * overhead:+.1f}%'} |")
+    lines += [
+        "",
+        f"## Selection cost: `MemoryBank.negative_logits` + backward, batch {args.batch_size}, "
+        f"{args.embed_dim}-d (median ms of {args.selection_repeats})",
+        "",
+        "| bank size | fifo | hard | entropy |",
+        "|---|---|---|---|",
+    ]
+    for size, row in selection:
+        lines.append(f"| {size} | {row['fifo']:.2f} | {row['hard']:.2f} | {row['entropy']:.2f} |")
+    lines.append("")
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, output)
+    print("\n".join(lines))
+    return output
+
+
+if __name__ == "__main__":
+    main()
