@@ -17,12 +17,17 @@ Three layouts are accepted, because three writers in this package produce them:
 
   The ``eval_`` / ``test_`` prefix is dropped and bookkeeping numbers (runtime, throughput, epoch, loss) are left
   out: a model card reports quality metrics, and the loss is the training objective, not one of them.
+
+``mmaps-eval`` (:mod:`modeling_mmaps.eval_cli`) writes the flat layout plus its decoding settings (``num_beams``,
+``max_new_tokens``, ``num_products``) and a lead-N baseline (``lead{N}_rouge1`` ...): settings are not metrics
+and a baseline's score is not the model's, so both stay out of the report.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,8 +40,9 @@ logger = logging.get_logger(__name__)
 METRIC_PREFIXES = ("eval_", "test_")
 BOOKKEEPING_KEYS = frozenset(
     {"runtime", "samples_per_second", "steps_per_second", "epoch", "total_flos", "loss",
-     "model_preparation_time", "jit_compilation_time", "step"}
+     "model_preparation_time", "jit_compilation_time", "step", "num_products", "num_beams", "max_new_tokens"}
 )
+BASELINE_KEY = re.compile(r"^lead\d+_")
 DESCRIPTIVE_KEYS = ("protocol", "dataset", "split")
 
 
@@ -85,7 +91,7 @@ def parse_metrics(payload: Mapping[str, Any], source: str = "metrics") -> Evalua
         if raw_key in DESCRIPTIVE_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         key = _strip_prefix(raw_key)
-        if key in BOOKKEEPING_KEYS:
+        if key in BOOKKEEPING_KEYS or BASELINE_KEY.match(key):
             continue
         if not math.isfinite(value):
             logger.warning(f"{source}: {raw_key} is {value}; left out of the card")

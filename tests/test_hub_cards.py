@@ -174,6 +174,9 @@ def test_metrics_reader_accepts_every_layout_the_package_writes(tmp_path):
     trainer = parse_metrics({"eval_rouge2": 12.0, "eval_loss": 1.0, "eval_runtime": 2.0, "eval_samples_per_second": 9.0,
                              "epoch": 1.0, "eval_flag": True})
     assert trainer.values == {"rouge2": 12.0}
+    mmaps_eval = parse_metrics({"rouge1": 30.0, "lead12_rouge1": 20.0, "gen_len": 14.0, "protocol": "CEPSUM", "split": "test",
+                                "num_products": 40, "num_beams": 3, "max_new_tokens": 90, "visual_input": "images"})
+    assert (mmaps_eval.values, mmaps_eval.split) == ({"rouge1": 30.0, "gen_len": 14.0}, "test")
     (tmp_path / "metrics.json").write_text(json.dumps({"protocol": "p", "map_at_5": 4.25}))
     assert read_metrics_file(tmp_path).values == {"map_at_5": 4.25}
 
