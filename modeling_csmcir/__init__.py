@@ -19,6 +19,8 @@ from .submissions import build_circo_submission, build_cirr_submissions, write_c
 from .synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
 from .memory_bank import MemoryBank
 from .trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
+from .lavis_conversion import LavisConversionReport, convert_lavis_checkpoint, infer_csmcir_config, load_lavis_checkpoint
+from .bert_seeding import csmcir_config_from_bert, seed_qformer_from_bert, tiny_minilm_config, tiny_minilm_model
 
 AutoConfig.register("csmcir", CSMCIRConfig, exist_ok=True)
 AutoModel.register(CSMCIRConfig, CSMCIRModel, exist_ok=True)
@@ -71,4 +73,12 @@ __all__ = [
     "MemoryBank",
     "CSMCIRTrainer",
     "CSMCIRTrainingArguments",
+    "LavisConversionReport",
+    "convert_lavis_checkpoint",
+    "infer_csmcir_config",
+    "load_lavis_checkpoint",
+    "csmcir_config_from_bert",
+    "seed_qformer_from_bert",
+    "tiny_minilm_config",
+    "tiny_minilm_model",
 ]
