@@ -73,6 +73,28 @@ class MMAPSEncoderOutput(BaseModelOutput):
 
 
 @dataclass
+class MMAPSSeq2SeqModelOutput(ModelOutput):
+    """Output of [`MMAPSModel`]: the decoder's states plus the full multimodal encoder output.
+
+    Args:
+        last_hidden_state (`(B, T, D)`): decoder states.
+        cache, decoder_hidden_states, decoder_attentions, cross_attentions: BART decoder's.
+        encoder_outputs (`MMAPSEncoderOutput`): everything the encoder computed (fused, text, visual states, masks).
+        encoder_ran (`bool`): whether the encoder ran in this call (False when `encoder_outputs` was passed in).
+        attention_mask (`(B, L)`): the text mask the decoder cross-attended with.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Any = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_outputs: MMAPSEncoderOutput | None = None
+    encoder_ran: bool | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass
 class MMAPSSeq2SeqLMOutput(ModelOutput):
     """Output of [`MMAPSForConditionalGeneration`].
 
@@ -513,6 +535,52 @@ class MMAPSModel(MMAPSPreTrainedModel):
     def get_decoder(self) -> BartDecoder:
         return self.decoder
 
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: MMAPSEncoderOutput | tuple | None = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **visual_inputs: torch.Tensor | None,
+    ) -> MMAPSSeq2SeqModelOutput:
+        """Encode (unless `encoder_outputs` is given) and decode. `visual_inputs` are `MMAPSEncoder.forward`'s
+        visual arguments. Without decoder inputs, `input_ids` shifted right are decoded (BART's default)."""
+        text = self.config.text_config
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("decoder_input_ids: pass `labels`, `decoder_input_ids` or `input_ids`")
+            decoder_input_ids = shift_tokens_right(input_ids, text.pad_token_id, text.decoder_start_token_id)
+        encoder_ran = encoder_outputs is None
+        if encoder_ran:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states, **visual_inputs,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = MMAPSEncoderOutput(last_hidden_state=encoder_outputs[0])
+        if attention_mask is None and input_ids is not None:
+            attention_mask = input_ids.ne(text.pad_token_id).long()
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
+            cache=cache, inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
+            **({"output_attentions": True} if output_attentions else {}),
+            **({"output_hidden_states": True} if output_hidden_states else {}),
+        )
+        return MMAPSSeq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state, cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states, decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions, encoder_outputs=encoder_outputs,
+            encoder_ran=encoder_ran, attention_mask=attention_mask,
+        )
+
 
 class MMAPSAttributeHead(nn.Module):
     """Multi-label attribute logits: W_4 (W_1 mean(h_text) + W_2 mean(h_fused) + W_3 h_cls) (+ dropout each term)."""
@@ -698,32 +766,17 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = shift_tokens_right(labels, text.pad_token_id, text.decoder_start_token_id)
-        if decoder_input_ids is None and decoder_inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("decoder_input_ids: pass `labels`, `decoder_input_ids` or `input_ids`")
-            decoder_input_ids = shift_tokens_right(input_ids, text.pad_token_id, text.decoder_start_token_id)
-
-        encoder_ran = encoder_outputs is None
-        if encoder_ran:
-            encoder_outputs = self.model.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                visual_features=visual_features, visual_boxes=visual_boxes, visual_attention_mask=visual_attention_mask,
-                pixel_values=pixel_values, image_mask=image_mask, output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-            )
-        elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = MMAPSEncoderOutput(last_hidden_state=encoder_outputs[0])
-        if attention_mask is None and input_ids is not None:
-            attention_mask = input_ids.ne(text.pad_token_id).long()
-
-        decoder_outputs = self.model.decoder(
-            input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
-            encoder_hidden_states=encoder_outputs.last_hidden_state, encoder_attention_mask=attention_mask,
-            cache=cache, inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
-            **({"output_attentions": True} if output_attentions else {}),
-            **({"output_hidden_states": True} if output_hidden_states else {}),
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs, cache=cache,
+            inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            visual_features=visual_features, visual_boxes=visual_boxes, visual_attention_mask=visual_attention_mask,
+            pixel_values=pixel_values, image_mask=image_mask,
         )
-        logits = self.lm_head(decoder_outputs.last_hidden_state) + self.final_logits_bias.to(decoder_outputs.last_hidden_state.dtype)
+        encoder_outputs, encoder_ran, attention_mask = outputs.encoder_outputs, outputs.encoder_ran, outputs.attention_mask
+        hidden = outputs.last_hidden_state
+        logits = self.lm_head(hidden) + self.final_logits_bias.to(hidden.dtype)
 
         is_full = isinstance(encoder_outputs, MMAPSEncoderOutput) and encoder_outputs.text_hidden_states is not None
         attribute_logits = None
@@ -747,8 +800,8 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
 
         return MMAPSSeq2SeqLMOutput(
             loss=total, logits=logits, attribute_logits=attribute_logits, **losses,
-            cache=decoder_outputs.cache, decoder_hidden_states=decoder_outputs.hidden_states,
-            decoder_attentions=decoder_outputs.attentions, cross_attentions=decoder_outputs.cross_attentions,
+            cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
             text_embeds=getattr(encoder_outputs, "text_embeds", None),
@@ -857,4 +910,4 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
 
 
 __all__ = ["MMAPSEncoder", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
-           "MMAPSPreTrainedModel", "MMAPSSeq2SeqLMOutput", "VISUAL_INPUT_NAMES"]
+           "MMAPSPreTrainedModel", "MMAPSSeq2SeqLMOutput", "MMAPSSeq2SeqModelOutput", "VISUAL_INPUT_NAMES"]
