@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,47 @@ def gather_card_inputs(
     )
 
 
+@dataclass(frozen=True)
+class CardSpec:
+    """What differs between the two models' cards, as data."""
+
+    template: str
+    pipeline_tag: str
+    task_type: str
+    task_name: str
+    tags: tuple[str, ...]
+    metric_ids: tuple[str, ...]
+    dataset_display_names: dict[str, str]
+
+
+def compose_card(
+    spec: CardSpec, inputs: CardInputs, *, base_model: str | None, license: str, tags: Sequence[str] = (),
+    datasets: Sequence[str] | None = None, language: str | None = None, **model_context: Any,
+) -> ModelCard:
+    """Build the metadata (``model-index`` from ``inputs.report``) and render ``spec.template`` with the context
+    both templates share (names, results table, protocol, dataset, training settings) plus ``model_context``."""
+    report, dataset = inputs.report, inputs.dataset
+    dataset_display = spec.dataset_display_names.get(dataset, dataset)
+    eval_results = None
+    if report is not None:
+        eval_results = build_eval_results(
+            report, task_type=spec.task_type, task_name=spec.task_name, dataset_type=dataset,
+            dataset_name=dataset_display, dataset_split=inputs.split,
+        )
+    card_data = ModelCardData(
+        model_name=inputs.model_name, library_name="transformers", pipeline_tag=spec.pipeline_tag, license=license,
+        language=language, tags=list(dict.fromkeys([*spec.tags, *tags])), datasets=list(datasets) if datasets else None,
+        metrics=list(spec.metric_ids) if report is not None else None, base_model=base_model, eval_results=eval_results,
+    )
+    return render_card(
+        spec.template, card_data,
+        model_name=inputs.model_name, repo_id=inputs.repo_id, base_model=base_model,
+        has_pipeline=bool(inputs.config.get("custom_pipelines")), metric_rows=metric_rows(report),
+        protocol=report.protocol if report else None, dataset_display=dataset_display, dataset_split=inputs.split,
+        synthetic="synthetic" in dataset, training_settings=inputs.settings, **model_context,
+    )
+
+
 def render_card(template_name: str, card_data: ModelCardData, **context: Any) -> ModelCard:
     """Fill ``templates/<template_name>`` with ``context`` under the YAML header of ``card_data``."""
     template_path = TEMPLATES_DIR / template_name
@@ -159,6 +201,6 @@ def save_card(card: ModelCard, output_dir: str | os.PathLike) -> Path:
 
 
 __all__ = [
-    "CARD_NAME", "CardInputs", "gather_card_inputs", "TEMPLATES_DIR", "as_report", "build_eval_results", "metric_display_name", "metric_rows",
+    "CARD_NAME", "CardInputs", "CardSpec", "compose_card", "gather_card_inputs", "TEMPLATES_DIR", "as_report", "build_eval_results", "metric_display_name", "metric_rows",
     "read_saved_config", "render_card", "save_card",
 ]

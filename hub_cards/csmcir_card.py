@@ -16,20 +16,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from transformers.utils import logging
 
-from .card_rendering import build_eval_results, gather_card_inputs, metric_rows, render_card, save_card
+from .card_rendering import CardSpec, compose_card, gather_card_inputs, save_card
 
 logger = logging.get_logger(__name__)
 
 CSMCIR_PIPELINE_TAG = "image-feature-extraction"
 CSMCIR_TASK = "composed-image-retrieval"
 CSMCIR_TAGS = ("csmcir", CSMCIR_TASK, "image-retrieval", "blip-2", "q-former", "memory-bank")
-CSMCIR_TEMPLATE = "csmcir_card.md.jinja"
-# Display names of the benchmarks `csmcir-eval` knows; anything else is shown as given.
-DATASET_DISPLAY_NAMES = {"cirr": "CIRR", "fashioniq": "FashionIQ", "circo": "CIRCO", "shoes": "Shoes",
-                         "synthetic-cir": "the synthetic CIR benchmark (CIRR layout)"}
+CSMCIR_CARD = CardSpec(
+    template="csmcir_card.md.jinja", pipeline_tag=CSMCIR_PIPELINE_TAG, task_type=CSMCIR_TASK,
+    task_name="Composed Image Retrieval", tags=CSMCIR_TAGS, metric_ids=("recall",),
+    # The benchmarks `csmcir-eval` knows; any other dataset is shown as given.
+    dataset_display_names={"cirr": "CIRR", "fashioniq": "FashionIQ", "circo": "CIRCO", "shoes": "Shoes",
+                           "synthetic-cir": "the synthetic CIR benchmark (CIRR layout)"},
+)
 
 
 def build_csmcir_card(
@@ -47,30 +50,13 @@ def build_csmcir_card(
 ) -> ModelCard:
     """The card of the CSMCIR model saved in ``output_dir`` (see :func:`write_csmcir_card`); does not write it."""
     inputs = gather_card_inputs(output_dir, metrics, training_args, trainer_state, dataset_name, repo_id)
-    report, config, settings, dataset = inputs.report, inputs.config, inputs.settings, inputs.dataset
-    eval_results = None
-    if report is not None:
-        eval_results = build_eval_results(
-            report, task_type=CSMCIR_TASK, task_name="Composed Image Retrieval", dataset_type=dataset,
-            dataset_name=DATASET_DISPLAY_NAMES.get(dataset, dataset), dataset_split=inputs.split,
-        )
-    card_data = ModelCardData(
-        model_name=inputs.model_name, library_name="transformers", pipeline_tag=CSMCIR_PIPELINE_TAG, license=license,
-        tags=list(dict.fromkeys([*CSMCIR_TAGS, *tags])), datasets=list(datasets) if datasets else None,
-        metrics=["recall"] if report is not None else None, base_model=base_model, eval_results=eval_results,
-    )
-    vision = config.get("vision_config") or {}
-    return render_card(
-        CSMCIR_TEMPLATE, card_data,
-        model_name=inputs.model_name, repo_id=inputs.repo_id, base_model=base_model,
-        has_pipeline=bool(config.get("custom_pipelines")),
+    config, vision = inputs.config, inputs.config.get("vision_config") or {}
+    return compose_card(
+        CSMCIR_CARD, inputs, base_model=base_model, license=license, tags=tags, datasets=datasets,
         vision_model_type=vision.get("model_type", "unknown"), freeze_vision=config.get("freeze_vision", False),
         num_query_tokens=config.get("num_query_tokens", "?"), embed_dim=config.get("embed_dim", "?"),
         share_qformer=config.get("share_qformer", True),
-        bank_strategy=settings.get("bank_strategy", "not recorded"),
-        metric_rows=metric_rows(report), protocol=report.protocol if report else None,
-        dataset_display=DATASET_DISPLAY_NAMES.get(dataset, dataset), dataset_split=inputs.split,
-        synthetic="synthetic" in dataset, training_settings=settings,
+        bank_strategy=inputs.settings.get("bank_strategy", "not recorded"),
     )
 
 

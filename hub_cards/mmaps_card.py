@@ -16,17 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from transformers.utils import logging
 
-from .card_rendering import build_eval_results, gather_card_inputs, metric_rows, render_card, save_card
+from .card_rendering import CardSpec, compose_card, gather_card_inputs, save_card
 
 logger = logging.get_logger(__name__)
 
 MMAPS_PIPELINE_TAG = "summarization"
 MMAPS_TASK = "product-summarization"
 MMAPS_TAGS = ("mmaps", MMAPS_TASK, "multimodal", "bart", "e-commerce", "attribute-aware")
-MMAPS_TEMPLATE = "mmaps_card.md.jinja"
 MMAPS_PROTOCOLS = {
     "zh": "CEPSUM protocol: character-level ROUGE-1/2 (clipped n-gram F1) and set-based summary-level ROUGE-L "
           "(sentences split on 。) of each summary against every reference, averaged over references then products, "
@@ -40,7 +39,11 @@ EXAMPLE_TEXTS = {
     "zh": "这款双肩包采用防泼水面料，容量大，内部多隔层，背负舒适，适合通勤和旅行。",
     "en": "This backpack is made of water-repellent fabric, with a large capacity, several inner pockets and padded straps.",
 }
-DATASET_DISPLAY_NAMES = {"cepsum": "CEPSUM", "synthetic-products": "the synthetic product set (CEPSUM layout)"}
+MMAPS_CARD = CardSpec(
+    template="mmaps_card.md.jinja", pipeline_tag=MMAPS_PIPELINE_TAG, task_type=MMAPS_PIPELINE_TAG,
+    task_name="Multimodal Product Summarization", tags=MMAPS_TAGS, metric_ids=("rouge", "bleu"),
+    dataset_display_names={"cepsum": "CEPSUM", "synthetic-products": "the synthetic product set (CEPSUM layout)"},
+)
 
 
 def _visual_input(config: dict[str, Any]) -> str:
@@ -66,34 +69,19 @@ def build_mmaps_card(
 ) -> ModelCard:
     """The card of the MMAPS model saved in ``output_dir`` (see :func:`write_mmaps_card`); does not write it."""
     inputs = gather_card_inputs(output_dir, metrics, training_args, trainer_state, dataset_name, repo_id)
-    report, config, settings, dataset = inputs.report, inputs.config, inputs.settings, inputs.dataset
+    config, settings = inputs.config, inputs.settings
     language = language or settings.get("summary_language") or "zh"
     if language not in EXAMPLE_TEXTS:
         raise ValueError(f"language: expected one of {sorted(EXAMPLE_TEXTS)}, got {language!r}")
-    eval_results = None
-    if report is not None:
-        eval_results = build_eval_results(
-            report, task_type=MMAPS_PIPELINE_TAG, task_name="Multimodal Product Summarization", dataset_type=dataset,
-            dataset_name=DATASET_DISPLAY_NAMES.get(dataset, dataset), dataset_split=inputs.split,
-        )
-    card_data = ModelCardData(
-        model_name=inputs.model_name, library_name="transformers", pipeline_tag=MMAPS_PIPELINE_TAG, license=license,
-        language=language, tags=list(dict.fromkeys([*MMAPS_TAGS, *tags])), datasets=list(datasets) if datasets else None,
-        metrics=["rouge", "bleu"] if report is not None else None, base_model=base_model, eval_results=eval_results,
-    )
     text = config.get("text_config") or {}
-    generation = {k: settings.get(f"generation_{k}") for k in ("num_beams", "max_length")}
-    return render_card(
-        MMAPS_TEMPLATE, card_data,
-        model_name=inputs.model_name, repo_id=inputs.repo_id, base_model=base_model,
-        has_pipeline=bool(config.get("custom_pipelines")), uses_pixels=bool(config.get("vision_config")),
-        visual_input=_visual_input(config), d_model=text.get("d_model", "?"), encoder_layers=text.get("encoder_layers", "?"),
+    return compose_card(
+        MMAPS_CARD, inputs, base_model=base_model, license=license, tags=tags, datasets=datasets, language=language,
+        uses_pixels=bool(config.get("vision_config")), visual_input=_visual_input(config),
+        d_model=text.get("d_model", "?"), encoder_layers=text.get("encoder_layers", "?"),
         decoder_layers=text.get("decoder_layers", "?"), vocab_size=text.get("vocab_size", "?"),
         num_attributes=config.get("num_attributes", "?"), example_text=EXAMPLE_TEXTS[language],
-        num_beams=generation["num_beams"] or 3, max_new_tokens=generation["max_length"] or 90,
-        metric_rows=metric_rows(report), protocol=report.protocol if report else None,
-        dataset_display=DATASET_DISPLAY_NAMES.get(dataset, dataset), dataset_split=inputs.split,
-        synthetic="synthetic" in dataset, training_settings=settings,
+        # The snippet decodes as the evaluation did (MMAPSTrainingArguments' beam 3, 90 tokens by default).
+        num_beams=settings.get("generation_num_beams") or 3, max_new_tokens=settings.get("generation_max_length") or 90,
     )
 
 
