@@ -439,7 +439,8 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         if "temperature" in source and source["temperature"].dim() == 1:
             source["temperature"] = source["temperature"].reshape(())
         missing, unexpected = model.load_state_dict(source, strict=False)
-        missing = [k for k in missing if not k.startswith("target_tower.")]
+        # transformers' BLIP-2 retrieval model has no temperature (it computes no loss): keep the configured init.
+        missing = [k for k in missing if not k.startswith("target_tower.") and k != "temperature"]
         unexpected = [k for k in unexpected if not k.startswith(("language_projection", "qformer.layernorm_lm"))]
         if unexpected:
             logger.warning("BLIP-2 weights not used by CSMCIR: %s", ", ".join(sorted(unexpected)))
