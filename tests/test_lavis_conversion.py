@@ -15,6 +15,7 @@ from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
 from modeling_csmcir.convert_cli import main as convert_main
 from modeling_csmcir.lavis_conversion import (
     convert_lavis_checkpoint,
+    convert_lavis_state_dict,
     infer_csmcir_config,
     lavis_key_to_csmcir,
     load_lavis_checkpoint,
@@ -132,6 +133,31 @@ def test_config_is_inferred_from_the_checkpoint_shapes(lavis):
     assert config.contrastive_temperature == pytest.approx(0.05)
 
 
+def test_the_full_size_blip2_layout_is_inferred_and_fully_mapped():
+    """ViT-g (39 x 1408, 16 heads) + BERT-base Q-Former with [DEC]: built on the meta device, so no memory is used."""
+    config = Blip2Config(qformer_config=dict(vocab_size=30523, use_qformer_text_input=True), num_query_tokens=32)
+    with torch.device("meta"):
+        full = Blip2ForImageTextRetrieval(config)
+    lavis = {}
+    for name, tensor in full.state_dict().items():
+        if name.endswith("self_attn.qkv.bias"):
+            block = name.replace("vision_model.encoder.layers.", "visual_encoder.blocks.").replace(".self_attn.qkv.bias", "")
+            lavis[f"{block}.attn.q_bias"], _, lavis[f"{block}.attn.v_bias"] = tensor.chunk(3)
+        else:
+            lavis[_to_lavis_name(name)] = tensor
+    lavis["temp"] = torch.tensor(0.07)
+    inferred = infer_csmcir_config(lavis)  # head counts from BLIP-2's defaults, no overrides
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"):
+        assert getattr(inferred.vision_config, name) == getattr(config.vision_config, name), name
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "cross_attention_frequency", "vocab_size"):
+        assert getattr(inferred.qformer_config, name) == getattr(config.qformer_config, name), name
+    with torch.device("meta"):
+        model = CSMCIRModel(inferred)
+    _, report = convert_lavis_state_dict(lavis, model.state_dict())
+    assert report.unfilled == [] and set(report.unmapped) == {"itm_head.weight", "itm_head.bias"}
+    assert len(report.filled) == len(model.state_dict())
+
+
 def test_an_unguessable_head_count_is_a_clear_error(lavis):
     with pytest.raises(ValueError, match="num_attention_heads"):
         infer_csmcir_config(lavis)
@@ -228,6 +254,8 @@ def test_cli_converts_a_checkpoint_into_a_loadable_model_and_processor(peer, lav
             "--vision_config", heads, "--qformer_config", str(tmp_path / "qformer.json")]
     convert_main(argv)
 
+    saved_config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "AutoModel" in saved_config["auto_map"] and (tmp_path / "out" / "modeling_csmcir.py").is_file()
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
     assert "prompt_tokens" in report["unmapped"] and report["unfilled"] == []
     model = CSMCIRModel.from_pretrained(tmp_path / "out").eval()
