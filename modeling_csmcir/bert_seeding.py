@@ -89,10 +89,13 @@ def _load_bert(bert: str | os.PathLike | PreTrainedModel) -> PreTrainedModel:
     return base
 
 
-def _towers(target: nn.Module) -> list[tuple[str, Blip2QFormerModel, Blip2TextEmbeddings | None]]:
-    """(name prefix, Q-Former, text embeddings or None) for every Q-Former the object owns."""
+def _towers(target: nn.Module) -> list[tuple[str, Blip2QFormerModel, Blip2TextEmbeddings | None, str]]:
+    """(Q-Former name prefix, Q-Former, text embeddings or None, their name prefix) for every Q-Former of `target`.
+
+    Prefixes are relative to `target`, so the report's names match `target.named_parameters()`.
+    """
     if isinstance(target, Blip2QFormerModel):
-        return [("", target, None)]
+        return [("", target, None, "")]
     qformer = getattr(target, "qformer", None)
     if not isinstance(qformer, Blip2QFormerModel):
         raise ValueError(
@@ -100,10 +103,10 @@ def _towers(target: nn.Module) -> list[tuple[str, Blip2QFormerModel, Blip2TextEm
             f"CSMCIRQFormerTower, Blip2ForImageTextRetrieval), got {type(target).__name__}"
         )
     embeddings = getattr(target, "embeddings", None)
-    towers = [("", qformer, embeddings if isinstance(embeddings, Blip2TextEmbeddings) else None)]
+    towers = [("qformer.", qformer, embeddings if isinstance(embeddings, Blip2TextEmbeddings) else None, "embeddings.")]
     second = getattr(target, "target_tower", None)
     if second is not None:  # the unshared ablation: both towers start from BERT
-        towers += [("target_tower." + p, q, e) for p, q, e in _towers(second)]
+        towers += [("target_tower." + q, m, e, "target_tower." + p) for q, m, e, p in _towers(second)]
     return towers
 
 
@@ -166,7 +169,7 @@ def seed_qformer_from_bert(
     bert = _load_bert(bert_name_or_path)
     bert_config = bert.config
     report = BertSeedingReport()
-    for prefix, qformer, embeddings in _towers(model_or_qformer):
+    for prefix, qformer, embeddings, embeddings_prefix in _towers(model_or_qformer):
         num_layers = qformer.config.num_hidden_layers
         if layer_indices is None:
             if num_layers != bert_config.num_hidden_layers:
@@ -190,19 +193,19 @@ def seed_qformer_from_bert(
                 _copy(
                     q_layer.get_submodule(q_name),
                     b_layer.get_submodule(b_name),
-                    f"{prefix}qformer.encoder.layer.{q_index}.{q_name}",
+                    f"{prefix}encoder.layer.{q_index}.{q_name}",
                     report,
                 )
-        _copy(qformer.layernorm, bert.embeddings.LayerNorm, f"{prefix}qformer.layernorm", report)
+        _copy(qformer.layernorm, bert.embeddings.LayerNorm, f"{prefix}layernorm", report)
 
         if embeddings is None:
             logger.warning("no text embeddings next to the Q-Former: word/position embeddings were not seeded")
         else:
-            _seed_embeddings(embeddings, bert.embeddings, f"{prefix}embeddings", report)
+            _seed_embeddings(embeddings, bert.embeddings, embeddings_prefix, report)
 
     copied = set(report.copied)
     report.left_to_train = [
-        name for name, _ in (model_or_qformer.named_parameters())
+        name for name, _ in model_or_qformer.named_parameters()
         if name not in copied and not name.startswith("vision_model.")
     ]
     logger.info("seeded %d Q-Former tensors from BERT; %d left to train", len(report.copied), len(report.left_to_train))
@@ -227,9 +230,9 @@ def _seed_embeddings(embeddings: Blip2TextEmbeddings, bert_embeddings: nn.Module
     if words.shape[0] > bert_words.shape[0]:  # e.g. LAVIS's extra [DEC] token: left to train
         logger.info("%d Q-Former word embeddings beyond BERT's vocabulary keep their initialisation",
                     words.shape[0] - bert_words.shape[0])
-    report.copied.append(f"{name}.word_embeddings.weight")
+    report.copied.append(f"{name}word_embeddings.weight")
     positions.copy_(bert_positions[: positions.shape[0]].to(positions.dtype))
-    report.copied.append(f"{name}.position_embeddings.weight")
+    report.copied.append(f"{name}position_embeddings.weight")
 
 
 def qformer_config_from_bert(bert_config: PretrainedConfig, **overrides: Any) -> dict[str, Any]:

@@ -112,6 +112,18 @@ def test_the_unshared_ablation_seeds_both_towers(bert, batch):
     assert (ours - expected).abs().max() < 1e-5
 
 
+def test_a_bare_qformer_is_seeded_with_names_relative_to_it(bert):
+    from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
+    from modeling_csmcir.bert_seeding import qformer_config_from_bert
+    from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
+
+    qformer = Blip2QFormerModel(Blip2QFormerConfig(**qformer_config_from_bert(bert.config), encoder_hidden_size=32))
+    report = seed_qformer_from_bert(qformer, bert)
+    assert "layernorm.weight" in report.copied and "encoder.layer.0.output_query.dense.weight" in report.copied
+    assert report.left_to_train and all(".crossattention." in name for name in report.left_to_train)
+    assert torch.equal(qformer.encoder.layer[4].attention.attention.key.bias, bert.encoder.layer[4].attention.self.key.bias)
+
+
 def test_layer_count_mismatch_needs_layer_indices(bert, batch):
     config = csmcir_config_from_bert(
         MINILM_DIR, vision_config=CSMCIRConfig.tiny().vision_config, qformer_overrides={"num_hidden_layers": 3},
