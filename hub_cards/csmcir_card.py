@@ -56,7 +56,7 @@ def build_csmcir_card(
         vision_model_type=vision.get("model_type", "unknown"), freeze_vision=config.get("freeze_vision", False),
         num_query_tokens=config.get("num_query_tokens", "?"), embed_dim=config.get("embed_dim", "?"),
         share_qformer=config.get("share_qformer", True),
-        bank_strategy=inputs.settings.get("bank_strategy", "not recorded"),
+        bank_strategy=inputs.settings.get("bank_strategy"),
     )
 
 
