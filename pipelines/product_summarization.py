@@ -15,6 +15,7 @@ transformers and its own siblings.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -63,6 +64,14 @@ class ProductSummarizationPipeline(Pipeline):
         Returns ``[{"summary_text", "attributes"}]`` for one product and a list of such lists for a list.
         """
         return super().__call__(inputs, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save model, pipeline code and the full processor (with its attribute vocabulary)."""
+        # The base class saves the tokenizer and image processor only; the processor carries the attribute
+        # vocabulary and its own remote-code file, which a reload needs.
+        super().save_pretrained(save_directory, **kwargs)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory)
 
     # -- stages ----------------------------------------------------------------------------------------------------
     def _uses_pixels(self) -> bool:
