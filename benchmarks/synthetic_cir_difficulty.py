@@ -50,9 +50,11 @@ class DifficultyArguments:
     caption_error_rate: float = field(default=0.15)
     seed: int = field(default=0)
     image_size: int = field(default=64)
+    patch_size: int = field(default=16)
+    dropout: float = field(default=0.0)
     hidden_size: int = field(default=64)
     num_layers: int = field(default=2)
-    epochs: int = field(default=12)
+    epochs: int = field(default=20)
     batch_size: int = field(default=64)
     learning_rate: float = field(default=1e-3)
     variants: str = field(default="symmetric,image_only_targets", metadata={"help": "Comma list: symmetric, image_only_targets."})
@@ -64,11 +66,15 @@ def _tiny_model(args: DifficultyArguments, vocab_size: int) -> CSMCIRModel:
 
     vision = Blip2VisionConfig(
         hidden_size=args.hidden_size, intermediate_size=2 * args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=4, image_size=args.image_size, patch_size=8,
+        num_attention_heads=4, image_size=args.image_size, patch_size=args.patch_size,
+        # Blip2VisionConfig defaults to initializer_range=1e-10 (BLIP-2 always loads pretrained weights): from
+        # scratch that makes every patch embedding ~0 and every image look the same.
+        initializer_range=0.02,
     )
     qformer = dict(
         vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
         intermediate_size=2 * args.hidden_size, cross_attention_frequency=1, max_position_embeddings=64,
+        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, initializer_range=0.02,
     )
     # Trained from scratch, so the vision tower must learn too (a frozen random ViT is the wrong baseline here).
     config = CSMCIRConfig.tiny(vision_config=vision, qformer_config=qformer, embed_dim=64, num_query_tokens=8, freeze_vision=False)
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
             "train_seconds": seconds, "first_loss": losses[0], "final_loss": sum(losses[-10:]) / min(10, len(losses)),
             "results": _evaluate(model, splits["val"], use_captions),
         }
+        for query, metrics in report["variants"][variant]["results"].items():
+            print(f"{variant} / {query}: " + ", ".join(f"{k}={v:.1f}" for k, v in metrics.items() if k != "protocol"), flush=True)
     report["sizes"] = {s: {"images": len(v.gallery_ids), "pairs": len(v.ref)} for s, v in splits.items()}
     _write_markdown(args, report, " ".join(["python", *sys.argv]) if argv is None else "python benchmarks/synthetic_cir_difficulty.py " + " ".join(argv))
     write_json_atomically(Path(args.output_file).with_suffix(".json"), report, indent=1)

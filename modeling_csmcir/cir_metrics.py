@@ -89,19 +89,16 @@ def rank_gallery(
     if exclude_ids is not None:
         _check_length("exclude_ids", exclude_ids, matrix.shape[0])
     order = np.argsort(-matrix, axis=1, kind="stable")
+    gallery_array = np.asarray(gallery, dtype=object)
+    position = {gid: i for i, gid in enumerate(gallery)}
     keep = matrix.shape[1] if top_k is None else top_k
     rankings: list[list[str]] = []
     for q in range(matrix.shape[0]):
-        excluded = None if exclude_ids is None or exclude_ids[q] is None else str(exclude_ids[q])
-        ranked: list[str] = []
-        for g in order[q]:
-            gid = gallery[g]
-            if gid == excluded:
-                continue
-            ranked.append(gid)
-            if len(ranked) >= keep:
-                break
-        rankings.append(ranked)
+        row = order[q]
+        excluded = None if exclude_ids is None or exclude_ids[q] is None else position.get(str(exclude_ids[q]))
+        if excluded is not None:
+            row = row[row != excluded]
+        rankings.append(gallery_array[row[:keep]].tolist())
     return rankings
 
 

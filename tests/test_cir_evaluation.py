@@ -190,3 +190,21 @@ def test_csmcir_eval_cli_writes_metrics_and_submissions(bench, processor, model,
     assert {p.name for p in (tmp_path / "test").iterdir()} == {"metrics.json", "cirr_test1_recall.json", "cirr_test1_recall_subset.json"}
     with pytest.raises(ValueError, match="unknown --dataset"):
         eval_main(["--dataset", "coco", "--data_dir", "x", "--model_name_or_path", "x", "--output_dir", "x"])
+
+
+def test_csmcir_eval_cli_on_fashioniq_keeps_reference_and_records_protocol(processor, model, tmp_path):
+    from test_cir_datasets import make_fashioniq
+
+    data_dir = make_fashioniq(tmp_path / "fiq")
+    (tmp_path / "caps.dress.json").write_text(json.dumps({n: f"dress {n}" for n in ["B001", "B002", "B003", "B004"]}))
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    report = eval_main(
+        ["--dataset", "fashioniq", "--category", "dress", "--data_dir", str(data_dir), "--model_name_or_path", str(model_dir),
+         "--output_dir", str(tmp_path / "out"), "--target_captions", str(tmp_path / "caps.{category}.json"), "--device", "cpu"]
+    )
+    metrics = report["metrics"]
+    # a 4-image gallery with the reference kept: every target is within the top 10
+    assert metrics["recall_at_10"] == 100.0 and metrics["dress_recall_at_50"] == 100.0
+    assert "reference kept" in metrics["protocol"] and "categories=dress" in metrics["protocol"]
