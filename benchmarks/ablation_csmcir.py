@@ -1,0 +1,263 @@
+"""CSMCIR ablations on the embedded synthetic CIR benchmark (CIRR protocol on ``val``), three seeds each.
+
+Variants (all trained with the real ``CSMCIRTrainer`` from scratch, same data, steps and schedule):
+
+* ``full``        — target captions (symmetric tower) + one shared Q-Former + entropy memory bank;
+* ``asymmetric``  — image-only targets (no captions: the SPRC-style asymmetric baseline), entropy bank;
+* ``unshared``    — captions, but two separate, unshared Q-Formers (``share_qformer=False``), entropy bank;
+* ``bank_none`` / ``bank_fifo`` / ``bank_hard`` — the full model with another bank strategy
+  (``bank_entropy`` is ``full``).
+
+Reports mean ± std over seeds of R@1, R@5 and Rs@1, plus training efficiency: val Recall every
+``eval_every`` steps for ``full`` and ``asymmetric`` (PNG + table) and the steps each needs to reach a fixed
+R@5. Runs go to ``workers`` processes with one thread each (the machine is small and shared). Writes
+``benchmarks/results/ablation_csmcir.{md,json}`` and ``ablation_csmcir_efficiency.png``, and saves the seed-0
+``full`` and ``asymmetric`` models under ``model_dir`` for ``csmcir-visualize``.
+
+    .venv/bin/python benchmarks/ablation_csmcir.py            # defaults: the committed table
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from modeling_csmcir import CSMCIRProcessor
+from modeling_csmcir.cached_training import (
+    CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, quiet_transformers, small_csmcir_config,
+    steps_to_reach, train_cached,
+)
+from modeling_csmcir.submissions import write_json_atomically
+from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
+
+
+logger = logging.get_logger(__name__)
+
+#: variant -> (use_target_captions, share_qformer, bank_strategy, description)
+VARIANTS: dict[str, tuple[bool, bool, str, str]] = {
+    "full": (True, True, "entropy", "captions + shared Q-Former + entropy bank (the paper's model)"),
+    "asymmetric": (False, True, "entropy", "image-only targets (no captions), entropy bank"),
+    "unshared": (True, False, "entropy", "captions, two unshared Q-Formers, entropy bank"),
+    "bank_none": (True, True, "none", "full model, no memory bank (in-batch negatives only)"),
+    "bank_fifo": (True, True, "fifo", "full model, FIFO bank (every entry a negative)"),
+    "bank_hard": (True, True, "hard", "full model, hard bank (top k_max entries)"),
+}
+CURVE_VARIANTS = ("full", "asymmetric")
+
+
+@dataclass
+class AblationArguments:
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the table, JSON and PNG go."})
+    data_dir: str = field(default="outputs/ablation_cir_data", metadata={"help": "Generated once, then reused."})
+    model_dir: str = field(default="outputs/ablation_csmcir_models", metadata={"help": "Seed-0 full/asymmetric models."})
+    num_images: int = field(default=2400)
+    image_size: int = field(default=32)
+    min_objects: int = field(default=1)
+    max_objects: int = field(default=2)
+    pairs_per_set: int = field(default=3)
+    caption_error_rate: float = field(default=0.15)
+    data_seed: int = field(default=0)
+    seeds: str = field(default="0,1,2")
+    variants: str = field(default=",".join(VARIANTS))
+    max_steps: int = field(default=150)
+    batch_size: int = field(default=32)
+    learning_rate: float = field(default=1e-3)
+    hidden_size: int = field(default=64)
+    num_layers: int = field(default=2)
+    eval_every: int = field(default=25, metadata={"help": "Val evaluation interval of the efficiency curves."})
+    bank_size: int = field(default=1024)
+    bank_k_min: int = field(default=8)
+    bank_k_max: int = field(default=128)
+    bank_start_step: int = field(default=30)
+    target_metric: str = field(default="recall_at_5")
+    target_value: float = field(default=20.0, metadata={"help": "Fixed val Recall the efficiency table measures steps to."})
+    workers: int = field(default=2, metadata={"help": "Parallel processes (one CPU thread each)."})
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(args_dict: dict) -> None:
+    torch.set_num_threads(1)
+    quiet_transformers()
+    args = AblationArguments(**args_dict)
+    processor = CSMCIRProcessor.tiny(image_size=args.image_size)
+    _WORKER.update(args=args, processor=processor,
+                   train=CachedCIRSplit(args.data_dir, "train", processor), val=CachedCIRSplit(args.data_dir, "val", processor))
+
+
+def _run(variant: str, seed: int) -> dict:
+    args, train, val = _WORKER["args"], _WORKER["train"], _WORKER["val"]
+    captions, shared, strategy, _ = VARIANTS[variant]
+    config = small_csmcir_config(len(_WORKER["processor"].tokenizer), image_size=args.image_size,
+                                 hidden_size=args.hidden_size, num_layers=args.num_layers, share_qformer=shared)
+    settings = CachedRunSettings(
+        use_target_captions=captions, share_qformer=shared, bank_strategy=strategy, seed=seed, max_steps=args.max_steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, bank_size=args.bank_size,
+        bank_k_min=args.bank_k_min, bank_k_max=args.bank_k_max, bank_start_step=args.bank_start_step,
+        eval_every=args.eval_every if variant in CURVE_VARIANTS else 0,
+        output_dir=os.path.join(args.model_dir, "trainer_tmp", f"{variant}_{seed}"),
+    )
+    model, info = train_cached(config, train, val, settings)
+    final = info["curve"][-1] if info["curve"] else evaluate_cached(model, val, captions)
+    final = {k: v for k, v in final.items() if k != "step"}
+    if seed == 0 and variant in CURVE_VARIANTS:
+        model.save_pretrained(os.path.join(args.model_dir, variant))
+        _WORKER["processor"].save_pretrained(os.path.join(args.model_dir, variant))
+    return {"variant": variant, "seed": seed, "metrics": final, **info}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(AblationArguments).parse_args_into_dataclasses(args=argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+    if not (Path(args.data_dir) / "metadata.json").is_file():
+        generate_synthetic_cir(SyntheticCIRConfig(
+            output_dir=args.data_dir, num_images=args.num_images, seed=args.data_seed, image_size=args.image_size,
+            min_objects=args.min_objects, max_objects=args.max_objects, pairs_per_set=args.pairs_per_set,
+            caption_error_rate=args.caption_error_rate,
+        ))
+    jobs = [(v, s) for s in seeds for v in variants]
+    start = time.perf_counter()
+    runs = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(asdict(args),)) as pool:
+        futures = [pool.submit(_run, v, s) for v, s in jobs]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="ablation runs"):
+            runs.append(future.result())
+    wall = time.perf_counter() - start
+    report = _summarise(args, runs, variants, seeds, wall)
+    command = "python benchmarks/ablation_csmcir.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report["command"] = command.strip()
+    write_json_atomically(out / "ablation_csmcir.json", report, indent=1)
+    if all(v in variants for v in CURVE_VARIANTS):
+        _plot(report, out / "ablation_csmcir_efficiency.png")
+    _write_markdown(args, report, out / "ablation_csmcir.md")
+    return report
+
+
+def _summarise(args: AblationArguments, runs: list[dict], variants: list[str], seeds: list[int], wall: float) -> dict:
+    by_variant = {v: sorted((r for r in runs if r["variant"] == v), key=lambda r: r["seed"]) for v in variants}
+    summary = {}
+    for v, rs in by_variant.items():
+        summary[v] = {k: mean_std([r["metrics"][k] for r in rs])
+                      for k in ("recall_at_1", "recall_at_5", "recall_at_10", "recall_subset_at_1", "avg")}
+        summary[v]["train_seconds"] = mean_std([r["train_seconds"] for r in rs])
+    efficiency = {}
+    for v in CURVE_VARIANTS:
+        if v not in by_variant:
+            continue
+        steps = [steps_to_reach(r["curve"], args.target_metric, args.target_value) for r in by_variant[v]]
+        curve_steps = [p["step"] for p in by_variant[v][0]["curve"]]
+        mean_curve = {metric: [mean_std([r["curve"][i][metric] for r in by_variant[v]]) for i in range(len(curve_steps))]
+                      for metric in ("recall_at_1", "recall_at_5", "recall_subset_at_1")}
+        efficiency[v] = {"steps_to_target": steps, "curve_steps": curve_steps, "mean_curve": mean_curve}
+    return {"arguments": asdict(args), "wall_seconds": wall, "summary": summary, "efficiency": efficiency, "runs": runs}
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in ((axes[0], "recall_at_1", "val R@1"), (axes[1], "recall_at_5", "val R@5")):
+        for v, colour in zip(CURVE_VARIANTS, ("tab:blue", "tab:orange")):
+            eff = report["efficiency"][v]
+            mean = [m for m, _ in eff["mean_curve"][metric]]
+            std = [s for _, s in eff["mean_curve"][metric]]
+            ax.plot(eff["curve_steps"], mean, label=v, color=colour)
+            ax.fill_between(eff["curve_steps"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=colour, alpha=0.2)
+        if metric == report["arguments"]["target_metric"]:
+            ax.axhline(report["arguments"]["target_value"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(f"{title}, mean ± std over seeds")
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.1f} ± {pair[1]:.1f}"
+
+
+def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
+    summary, eff = report["summary"], report["efficiency"]
+    lines = [
+        "# CSMCIR ablations on the synthetic CIR benchmark",
+        "",
+        f"Command: `.venv/bin/{report['command']}` (wall time {report['wall_seconds'] / 60:.1f} min on the shared "
+        f"2-core CPU machine, {args.workers} worker processes × 1 thread).",
+        "",
+        f"Data: `csmcir-synth --num_images {args.num_images} --seed {args.data_seed} --image_size {args.image_size} "
+        f"--min_objects {args.min_objects} --max_objects {args.max_objects} --pairs_per_set {args.pairs_per_set} "
+        f"--caption_error_rate {args.caption_error_rate}` (CIRR rc2 layout; train/val sizes in the JSON).",
+        f"Model: CSMCIR from scratch (`small_csmcir_config`: ViT and Q-Former width {args.hidden_size}, "
+        f"{args.num_layers} layers, 8 query tokens, 64-d embeddings; the tiny ViT trains too). Training: "
+        f"`CSMCIRTrainer`, {args.max_steps} steps, batch {args.batch_size}, AdamW lr {args.learning_rate} (warm-up 30, "
+        f"cosine), bank size {args.bank_size}, k_min {args.bank_k_min}, k_max {args.bank_k_max}, bank from step "
+        f"{args.bank_start_step}, age decay 200, max age 400. Seeds: {args.seeds} (model init and data order).",
+        "Protocol: CIRR rc2 on `val` — R@K over the gallery with the reference removed; Rs@1 within the img_set "
+        "(5 candidates, chance 20%). Mean ± sample std over seeds, in %.",
+        "",
+        "| variant | what changes | R@1 | R@5 | Rs@1 | train s / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v, s in summary.items():
+        lines.append(f"| {v} | {VARIANTS[v][3]} | {_fmt(s['recall_at_1'])} | {_fmt(s['recall_at_5'])} | "
+                     f"{_fmt(s['recall_subset_at_1'])} | {s['train_seconds'][0]:.0f} |")
+    if eff:
+        lines += [
+            "",
+            f"## Training efficiency (val {args.target_metric.replace('recall_at_', 'R@')} ≥ {args.target_value}%)",
+            "",
+            f"Plot: [ablation_csmcir_efficiency.png](ablation_csmcir_efficiency.png). Val evaluated every "
+            f"{args.eval_every} steps; 'steps to reach' is the first evaluated step at or above the threshold "
+            "(— = not reached within the run).",
+            "",
+            "| variant | steps to reach, per seed | mean over seeds that reached |",
+            "|---|---|---|",
+        ]
+        for v, e in eff.items():
+            reached = [s for s in e["steps_to_target"] if s is not None]
+            per_seed = ", ".join("—" if s is None else str(s) for s in e["steps_to_target"])
+            mean = f"{sum(reached) / len(reached):.0f} ({len(reached)}/{len(e['steps_to_target'])} seeds)" if reached else "not reached"
+            lines.append(f"| {v} | {per_seed} | {mean} |")
+        names = list(eff)
+        lines += ["", "| step | " + " | ".join(f"{v} R@1 | {v} R@5" for v in names) + " |",
+                  "|---|" + "---|---|" * len(names)]
+        for i, step in enumerate(eff[names[0]]["curve_steps"]):
+            cells = []
+            for v in names:
+                cells += [_fmt(eff[v]["mean_curve"]["recall_at_1"][i]), _fmt(eff[v]["mean_curve"]["recall_at_5"][i])]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines += ["", "## Notes", "", "NOTES_PLACEHOLDER", ""]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
