@@ -324,6 +324,20 @@ def test_beam_search_encodes_once_and_expands():
     assert torch.equal(greedy, model.generate(**inputs, num_beams=1, max_new_tokens=8, do_sample=False, use_cache=False))
 
 
+def test_beam_search_on_a_mixed_batch_matches_each_product_alone():
+    model = tiny_model()
+    batch = make_batch(model.config, image_mask=(1, 0, 1, 0))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", *VISUAL_KEYS)}
+    kwargs = dict(num_beams=3, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    together = model.generate(**inputs, **kwargs)
+    for i in range(4):
+        n = int(batch["attention_mask"][i].sum())
+        alone = {"input_ids": batch["input_ids"][i:i + 1, :n], "attention_mask": batch["attention_mask"][i:i + 1, :n]}
+        if batch["image_mask"][i]:
+            alone.update({k: batch[k][i:i + 1] for k in VISUAL_KEYS})
+        assert torch.equal(model.generate(**alone, **kwargs)[0], together[i]), i
+
+
 def test_generation_uses_explicit_bos_eos_from_generation_config():
     model = tiny_model()
     processor = MMAPSProcessor.tiny()
@@ -398,6 +412,12 @@ def test_tiny_model_overfits_a_handful_of_products():
     generated = model.generate(**{k: v for k, v in batch.items() if k not in ("labels", "attribute_labels")},
                                num_beams=3, max_new_tokens=12)
     assert processor.batch_decode(generated) == summaries
+    encoder_inputs = {k: v for k, v in batch.items() if k not in ("labels", "attribute_labels")}
+    probs, predicted = model.predict_attributes(**encoder_inputs)
+    assert torch.equal(predicted.float(), batch["attribute_labels"])
+    assert [[a["attribute"] for a in row] for row in processor.decode_attributes(probs)] == [
+        sorted(words, key=lambda w: -probs[i, processor.attribute_vocabulary.index(w)].item())
+        for i, words in enumerate(attributes)]
 
 
 # ------------------------------------------------------------------------------------------------------------------
