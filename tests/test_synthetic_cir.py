@@ -173,15 +173,17 @@ def test_bad_config_is_rejected(tmp_path, overrides, message):
 
 @pytest.mark.slow
 def test_composed_query_beats_image_only_and_text_only(tmp_path):
-    """The issue's learning requirement, at a reduced size (the full run is benchmarks/synthetic_cir_difficulty.py)."""
+    """The issue's learning requirement: the benchmark script's symmetric run (about 5 minutes on one CPU thread)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_cir_difficulty.py"
     spec = importlib.util.spec_from_file_location("synthetic_cir_difficulty", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     report = module.main(
-        ["--num_images", "3000", "--epochs", "10", "--variants", "symmetric", "--output_file", str(tmp_path / "difficulty.md")]
+        ["--variants", "symmetric", "--output_file", str(tmp_path / "difficulty.md")]  # defaults: 6000 images, 20 epochs
     )
     results = report["variants"]["symmetric"]["results"]
     composed, image_only, text_only = results["composed"], results["image only"], results["text only"]
-    assert composed["avg"] > image_only["avg"] + 5 and composed["avg"] > text_only["avg"] + 5
-    assert composed["recall_at_1"] < 90
+    # measured (benchmarks/results/synthetic_cir_difficulty.md): avg 53.3 composed vs 37.2 image only vs 10.0 text only
+    assert composed["avg"] > image_only["avg"] + 8 and composed["avg"] > text_only["avg"] + 20
+    assert composed["recall_subset_at_1"] > image_only["recall_subset_at_1"] + 10
+    assert 5 < composed["recall_at_1"] < 80
