@@ -1,0 +1,359 @@
+"""Gallery search and index-build performance of `pipelines.GalleryIndex` / the composed-image-retrieval pipeline.
+
+Side by side, in one process, on the same data:
+
+* exact top-k over N x D normalised embeddings (default 1M x 256, float32 = 1 GB): `GalleryIndex` torch search
+  (float32 and float16 storage) vs faiss `IndexFlatIP`, single-query latency p50/p95 and batched throughput;
+* the memory-bandwidth floor of one exact single-query scan: bytes scanned / measured copy bandwidth, where copy
+  bandwidth counts bytes read + written per second (STREAM "copy" convention), measured on the embedding matrix;
+* approximate faiss backends (IVF on the whole gallery, HNSW on a subset): recall@k against exact and latency;
+* index build throughput (`pipe.build_index`, PIL images → embeddings) vs the bare vision encoder on ready pixel
+  tensors, for a CSMCIR model with BLIP-2 ViT-g/14 + Q-Former shapes scaled to 1/4 width (same depth, tokens and
+  query count, so the Q-Former's share of the FLOPs matches the full-size model).
+
+Latency rounds interleave the contenders (torch, faiss, copy) so that load from other processes on a shared
+machine hits all of them alike. Gallery vectors are a mixture of Gaussians (approximate indexes need structure;
+isotropic noise has none), queries are drawn from the same mixture.
+
+    .venv/bin/python benchmarks/bench_gallery_search.py               # writes benchmarks/results/gallery_search.md
+    .venv/bin/python benchmarks/bench_gallery_search.py --num_items 100000 --output /tmp/quick.md
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import HfArgumentParser
+from transformers.models.blip_2.configuration_blip_2 import Blip2VisionConfig
+from transformers.utils import logging
+from transformers.utils.logging import tqdm
+
+from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, GalleryIndex
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class GallerySearchBenchmarkArguments:
+    num_items: int = field(default=1_000_000, metadata={"help": "gallery size N"})
+    embed_dim: int = field(default=256, metadata={"help": "embedding size D"})
+    top_k: int = field(default=10, metadata={"help": "hits per query"})
+    rounds: int = field(default=40, metadata={"help": "interleaved single-query rounds (latency samples per method)"})
+    batch_queries: int = field(default=64, metadata={"help": "queries per batched search"})
+    recall_queries: int = field(default=500, metadata={"help": "queries for recall@k of the approximate indexes"})
+    clusters: int = field(default=4096, metadata={"help": "mixture components of the synthetic gallery"})
+    cluster_noise: float = field(
+        default=1.0, metadata={"help": "per-dimension std of the points around their centre (centres: std 1)"}
+    )
+    ivf_nlist: int = field(default=1024, metadata={"help": "IVF cells"})
+    ivf_train_size: int = field(default=65536, metadata={"help": "IVF k-means sample"})
+    ivf_nprobe: str = field(default="8,32,128", metadata={"help": "comma-separated nprobe values to measure"})
+    hnsw_items: int = field(default=100_000, metadata={"help": "HNSW is built on the first rows only (build is slow); 0 skips"})
+    hnsw_m: int = field(default=16, metadata={"help": "HNSW links per node"})
+    hnsw_ef_search: str = field(default="32,128", metadata={"help": "comma-separated efSearch values"})
+    build_images: int = field(default=12, metadata={"help": "images encoded for the build-throughput comparison; 0 skips"})
+    build_batch_size: int = field(default=4, metadata={"help": "batch size of build_index and of the bare encoder"})
+    build_rounds: int = field(default=3, metadata={"help": "interleaved build-throughput rounds (median reported)"})
+    build_threads: str = field(default="2,1", metadata={"help": "comma-separated torch thread counts for the build rows"})
+    batch_rounds: int = field(default=2, metadata={"help": "repetitions of each batched search (median reported)"})
+    build_width_divisor: int = field(default=4, metadata={"help": "ViT-g/Q-Former widths are divided by this"})
+    threads: int = field(default=2, metadata={"help": "torch and faiss threads"})
+    seed: int = field(default=0)
+    output: str = field(default="benchmarks/results/gallery_search.md")
+
+
+def clustered_embeddings(
+    rows: int, dim: int, centres: torch.Tensor, generator: torch.Generator, noise: float
+) -> torch.Tensor:
+    """Rows drawn from a mixture of Gaussians around `centres` (unit-variance entries), L2-normalised."""
+    out = torch.empty(rows, dim)
+    for start in range(0, rows, 131072):
+        stop = min(rows, start + 131072)
+        assignment = torch.randint(0, centres.shape[0], (stop - start,), generator=generator)
+        block = centres[assignment] + noise * torch.randn(stop - start, dim, generator=generator)
+        out[start:stop] = torch.nn.functional.normalize(block, dim=1)
+    return out
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1e3, q))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """|approx top-k ∩ exact top-k| / k, averaged over queries."""
+    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / e.shape[0] for a, e in zip(approximate, exact)]))
+
+
+def bench_search(args: GallerySearchBenchmarkArguments, lines: list[str]) -> None:
+    import faiss
+
+    generator = torch.Generator().manual_seed(args.seed)
+    centres = torch.randn(args.clusters, args.embed_dim, generator=generator)
+    t0 = time.perf_counter()
+    gallery = clustered_embeddings(args.num_items, args.embed_dim, centres, generator, args.cluster_noise)
+    logger.warning(f"generated {tuple(gallery.shape)} gallery in {time.perf_counter() - t0:.1f}s")
+    index32 = GalleryIndex(gallery, normalize=False)
+    index16 = GalleryIndex(gallery, dtype="float16", normalize=False)
+    flat = faiss.IndexFlatIP(args.embed_dim)
+    t0 = time.perf_counter()
+    flat.add(gallery.numpy())
+    flat_build = time.perf_counter() - t0
+    copy_target = torch.empty_like(gallery)
+    bytes32 = gallery.numel() * 4
+
+    queries = clustered_embeddings(args.rounds + 5, args.embed_dim, centres, generator, args.cluster_noise)
+    methods = {
+        "torch exact, float32 (GalleryIndex)": lambda q: index32.search(q, top_k=args.top_k),
+        "torch exact, float16 storage (GalleryIndex)": lambda q: index16.search(q, top_k=args.top_k),
+        "faiss IndexFlatIP (exact)": lambda q: flat.search(q.numpy(), args.top_k),
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in methods}
+    copy_times: list[float] = []
+    for warmup in range(2):
+        for fn in methods.values():
+            fn(queries[warmup : warmup + 1])
+        copy_target.copy_(gallery)
+    for round_index in tqdm(range(args.rounds), desc="single-query rounds"):
+        query = queries[round_index + 2 : round_index + 3]
+        for name, fn in methods.items():
+            latencies[name].append(timed(lambda: fn(query)))
+        copy_times.append(timed(lambda: copy_target.copy_(gallery)))
+    del copy_target
+    # Copy bandwidth = (bytes read + bytes written) / time, the STREAM convention; the floor of one exact scan is
+    # the time to read the gallery once at that bandwidth.
+    copy_bandwidth_p50 = 2 * bytes32 / float(np.median(copy_times))
+    floor32_ms = bytes32 / copy_bandwidth_p50 * 1e3
+    floor16_ms = floor32_ms / 2
+
+    # Exactness check on the measured queries: faiss flat and torch return the same top-k.
+    check = queries[:5]
+    torch_positions = index32.search(check, top_k=args.top_k).positions.numpy()
+    _, faiss_positions = flat.search(check.numpy(), args.top_k)
+    same_topk = bool((torch_positions == faiss_positions).all())
+
+    # Batched throughput, interleaved the same way.
+    batch = clustered_embeddings(args.batch_queries, args.embed_dim, centres, generator, args.cluster_noise)
+    batch_times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.batch_rounds):
+        for name, fn in methods.items():
+            batch_times[name].append(timed(lambda: fn(batch)))
+
+    torch_p50 = percentile_ms(latencies["torch exact, float32 (GalleryIndex)"], 50)
+    faiss_p50 = percentile_ms(latencies["faiss IndexFlatIP (exact)"], 50)
+    lines += [
+        f"## Exact top-{args.top_k} over {args.num_items:,} x {args.embed_dim} (float32 = {bytes32 / 2**30:.2f} GiB)",
+        "",
+        f"Copy bandwidth (read + write, p50 of {args.rounds} copies of the gallery): **{copy_bandwidth_p50 / 1e9:.1f} GB/s**, "
+        f"so the floor of one exact scan is **{floor32_ms:.1f} ms** for float32 storage ({floor16_ms:.1f} ms for float16).",
+        f"faiss IndexFlatIP and the torch search return identical top-{args.top_k} positions on the checked queries: "
+        f"**{same_topk}**.",
+        "",
+        f"| method | single query p50 (ms) | p95 (ms) | p50 / faiss flat | p50 / bandwidth floor | "
+        f"batch of {args.batch_queries}: queries/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in methods:
+        p50, p95 = percentile_ms(latencies[name], 50), percentile_ms(latencies[name], 95)
+        floor = floor16_ms if "float16" in name else floor32_ms
+        throughput = args.batch_queries / float(np.median(batch_times[name]))
+        lines.append(
+            f"| {name} | {p50:.1f} | {p95:.1f} | {p50 / faiss_p50:.2f}x | {p50 / floor:.2f}x | {throughput:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Goals: torch exact within 1.2x of faiss exact — measured **{torch_p50 / faiss_p50:.2f}x**; within 2x of the "
+        f"floor — measured **{torch_p50 / floor32_ms:.2f}x**. faiss flat build (add): {flat_build:.1f} s.",
+        "",
+    ]
+    del flat
+
+    # Approximate backends: recall@k against exact, on a separate query set.
+    recall_queries = clustered_embeddings(args.recall_queries, args.embed_dim, centres, generator, args.cluster_noise)
+    exact_positions = index32.search(recall_queries, top_k=args.top_k).positions.numpy()
+    lines += [
+        f"## Approximate faiss backends: recall@{args.top_k} against exact ({args.recall_queries} queries)",
+        "",
+        "| index | gallery rows | build (s) | search param | recall@10 | single query p50 (ms) | p95 (ms) |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    approximate_rows = [
+        (
+            f"IVF-Flat, nlist={args.ivf_nlist}",
+            args.num_items,
+            dict(kind="ivf", nlist=args.ivf_nlist, train_size=args.ivf_train_size, seed=args.seed),
+            "nprobe",
+            args.ivf_nprobe,
+        ),
+    ]
+    if args.hnsw_items > 0:
+        approximate_rows.append(
+            (
+                f"HNSW-Flat, M={args.hnsw_m}, efConstruction=40",
+                min(args.hnsw_items, args.num_items),
+                dict(kind="hnsw", hnsw_m=args.hnsw_m, ef_construction=40),
+                "ef_search",
+                args.hnsw_ef_search,
+            )
+        )
+    for label, rows, build_kwargs, knob, values in approximate_rows:
+        index = GalleryIndex(gallery[:rows], normalize=False)
+        exact = exact_positions if rows == args.num_items else index.search(recall_queries, top_k=args.top_k).positions
+        exact = np.asarray(exact)
+        build_seconds = timed(lambda: index.build_faiss(**build_kwargs))
+        for value in [int(v) for v in values.split(",")]:
+            index.set_faiss_search_params(**{knob: value})
+            recall = recall_at_k(index.search(recall_queries, top_k=args.top_k).positions.numpy(), exact)
+            samples = [timed(lambda q=q: index.search(q, top_k=args.top_k)) for q in queries[: args.rounds].split(1)]
+            lines.append(
+                f"| {label} | {rows:,} | {build_seconds:.1f} | {knob}={value} | {recall:.3f} | "
+                f"{percentile_ms(samples, 50):.2f} | {percentile_ms(samples, 95):.2f} |"
+            )
+        del index
+    lines.append("")
+
+
+def scaled_blip2_config(processor_vocab: int, divisor: int):
+    """BLIP-2 ViT-g/14 (39 layers, 224 px, 257 tokens) + Q-Former (12 layers, 32 queries) with widths / divisor."""
+    from modeling_csmcir import CSMCIRConfig
+
+    vision = Blip2VisionConfig(
+        hidden_size=1408 // divisor,
+        intermediate_size=6144 // divisor,
+        num_hidden_layers=39,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+    )
+    qformer = dict(
+        vocab_size=processor_vocab,
+        hidden_size=768 // divisor,
+        intermediate_size=3072 // divisor,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        cross_attention_frequency=2,
+    )
+    return CSMCIRConfig(vision_config=vision, qformer_config=qformer, num_query_tokens=32, embed_dim=256)
+
+
+def bench_build(args: GallerySearchBenchmarkArguments, lines: list[str]) -> None:
+    from transformers import pipeline
+
+    from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
+
+    processor = CSMCIRProcessor.tiny(image_size=224)
+    torch.manual_seed(args.seed)
+    model = CSMCIRModel(scaled_blip2_config(len(processor.tokenizer), args.build_width_divisor)).eval()
+    vision_params = sum(p.numel() for p in model.vision_model.parameters())
+    other_params = sum(p.numel() for p in model.parameters()) - vision_params
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        retriever = pipeline(COMPOSED_IMAGE_RETRIEVAL_TASK, model=folder, trust_remote_code=True, device="cpu")
+    rng = np.random.default_rng(args.seed)
+    images = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(args.build_images)]
+    captions = [f"a photo of object number {i} in a bright red colour with short sleeves" for i in range(args.build_images)]
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def bare_vision() -> None:
+        with torch.inference_mode():
+            for start in range(0, args.build_images, args.build_batch_size):
+                retriever.model.get_image_embeds(pixel_values[start : start + args.build_batch_size])
+
+    def build(with_captions: bool) -> None:
+        retriever.build_index(
+            images, captions=captions if with_captions else None, batch_size=args.build_batch_size, show_progress=False
+        )
+
+    with torch.inference_mode():
+        image_embeds = retriever.model.get_image_embeds(pixel_values[: args.build_batch_size])
+        caption_ids = processor(text=captions[: args.build_batch_size], return_tensors="pt")
+    batches = -(-args.build_images // args.build_batch_size)
+
+    def qformer_only(with_captions: bool) -> None:
+        # The Q-Former's own cost: the same number of batches on cached vision features.
+        text = dict(caption_ids) if with_captions else {}
+        with torch.inference_mode():
+            for _ in range(batches):
+                retriever.model.get_target_features(image_embeds=image_embeds, **text)
+
+    contenders = {
+        "bare vision encoder (ready pixel tensors)": bare_vision,
+        "build_index, image only (PIL → index)": lambda: build(False),
+        "build_index, image + caption (PIL → index)": lambda: build(True),
+        "Q-Former alone, image only (cached vision features)": lambda: qformer_only(False),
+        "Q-Former alone, image + caption (cached vision features)": lambda: qformer_only(True),
+    }
+    lines += [
+        "## Index build throughput vs the bare vision encoder",
+        "",
+        f"Model: BLIP-2 ViT-g/14 + Q-Former shapes at 1/{args.build_width_divisor} width (vision "
+        f"{vision_params / 1e6:.1f}M params, 39 layers, 257 tokens; Q-Former + embeddings + projections "
+        f"{other_params / 1e6:.1f}M params, 12 layers, 32 queries; same depths and token counts as the full model, so "
+        f"the Q-Former's share of the FLOPs is the full model's), random weights, {args.build_images} images of "
+        f"256x256 resized to 224, batch {args.build_batch_size}, median of {args.build_rounds} interleaved rounds, "
+        "at each thread count.",
+        "",
+        "| threads | path | images/s | vs bare vision encoder |",
+        "|---:|---|---:|---:|",
+    ]
+    for threads in [int(v) for v in args.build_threads.split(",")]:
+        torch.set_num_threads(threads)
+        build(True)  # warm-up at this thread count
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in tqdm(range(args.build_rounds), desc=f"build-throughput rounds, {threads} thread(s)"):
+            for name, fn in contenders.items():
+                times[name].append(timed(fn))
+        vision_rate = args.build_images / float(np.median(times["bare vision encoder (ready pixel tensors)"]))
+        for name in contenders:
+            rate = args.build_images / float(np.median(times[name]))
+            lines.append(f"| {threads} | {name} | {rate:.2f} | {rate / vision_rate:.2f}x |")
+    torch.set_num_threads(args.threads)
+    lines += ["", "Goal: build_index ≥ 0.8x the bare vision encoder (the Q-Former must not dominate).", ""]
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(GallerySearchBenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    command = ".venv/bin/python benchmarks/bench_gallery_search.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Gallery search benchmark",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible (shared with other "
+        f"jobs), {args.threads} threads for torch and faiss; torch {torch.__version__}, faiss {faiss.__version__}. "
+        "CPU only (no GPU on this machine).",
+        "",
+    ]
+    bench_search(args, lines)
+    if args.build_images > 0:
+        bench_build(args, lines)
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp_path = args.output + ".tmp"
+    with open(tmp_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp_path, args.output)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
