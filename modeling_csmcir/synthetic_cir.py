@@ -57,6 +57,7 @@ EDIT_KINDS: tuple[str, ...] = ("color", "shape", "size", "add", "remove", "move"
 SPLIT_FOLDERS: dict[str, str] = {"train": "train", "val": "dev", "test1": "test1"}
 SET_SIZE = 6
 NUM_DISTRACTORS = 4
+_MAX_ATTEMPTS = 10_000
 
 
 @dataclass(frozen=True, order=True)
@@ -333,7 +334,7 @@ def _hard_distractors(target: Scene, focus_cell: int | None, forbidden: set[Scen
 
 def _make_set(rng: random.Random, config: SyntheticCIRConfig, used: set[Scene]) -> tuple[list[Scene], list[tuple[int, int, Edit]]]:
     """One img_set: scenes [reference, target, d1..d4] and its pairs (source index, target index, edit)."""
-    while True:
+    for _ in range(_MAX_ATTEMPTS):
         reference = random_scene(rng, config)
         kind = rng.choice(EDIT_KINDS)
         edits = single_edits(reference, config, kinds=(kind,))
@@ -356,6 +357,10 @@ def _make_set(rng: random.Random, config: SyntheticCIRConfig, used: set[Scene]) 
             pairs.append((1, 2 + i, distractors[i][0]))  # target -> distractor: a one-attribute edit
         used.update(scenes)
         return scenes, pairs
+    raise ValueError(
+        f"could not draw a new img_set of distinct scenes in {_MAX_ATTEMPTS} tries: num_images={config.num_images} is too "
+        f"large for a {config.grid_size}x{config.grid_size} grid with {config.min_objects}-{config.max_objects} objects"
+    )
 
 
 def _split_sizes(config: SyntheticCIRConfig) -> dict[str, int]:
