@@ -268,3 +268,18 @@ def test_model_identity_tracks_config_and_weights(tmp_path):
     with torch.no_grad():
         model.weight[3, 7] += 1e-3
     assert weights_fingerprint(model) != first["weights_fingerprint"]
+
+
+def test_hub_files_do_not_require_faiss_or_the_package():
+    # transformers' check_imports refuses a remote-code folder whose files import something not installed;
+    # imports inside `try` are exempt, which is how faiss stays optional for a saved pipeline.
+    from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+    from pipelines import composed_image_retrieval
+
+    allowed = {"__future__", "collections", "dataclasses", "hashlib", "json", "math", "os", "tempfile", "typing",
+               "numpy", "torch", "safetensors", "transformers", "PIL"}
+    for module in (gallery_module, composed_image_retrieval):
+        assert set(get_imports(module.__file__)) <= allowed, get_imports(module.__file__)
+    assert get_relative_imports(composed_image_retrieval.__file__) == ["gallery_index"]
+    assert get_relative_imports(gallery_module.__file__) == []
