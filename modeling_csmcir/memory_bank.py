@@ -268,16 +268,24 @@ class MemoryBank:
         return int(slots.numel())
 
     # ------------------------------------------------------------------ reading
-    def candidate_mask(self, positive_ids: torch.Tensor, step: int) -> torch.Tensor:
+    def candidate_mask(
+        self, positive_ids: torch.Tensor, step: int, exclude_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, C)`` bool: entry ``j`` is a candidate negative for query ``i``.
 
-        ``mask[i, j] = occupied_j  and  target_ids_j != positive_ids_i  and  (step - steps_j) <= max_age``.
+        ``mask[i, j] = occupied_j  and  target_ids_j != positive_ids_i  and  (step - steps_j) <= max_age
+        and  target_ids_j not in exclude_ids[i]``.
         """
         usable = self.occupied
         if self.max_age is not None:
             usable = usable & (self.ages(step) <= self.max_age)
         positive_ids = positive_ids.to(self.device).reshape(-1, 1)
-        return usable.unsqueeze(0) & (self.target_ids.unsqueeze(0) != positive_ids)
+        mask = usable.unsqueeze(0) & (self.target_ids.unsqueeze(0) != positive_ids)
+        if exclude_ids is not None:
+            exclude_ids = exclude_ids.to(self.device).reshape(positive_ids.shape[0], -1)
+            excluded = (self.target_ids.view(1, -1, 1) == exclude_ids.unsqueeze(1)).any(dim=2)
+            mask = mask & ~excluded
+        return mask
 
     def entropy_k(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Per-query ``k`` from the normalised entropy of ``softmax(logits)`` over the candidates.
@@ -306,6 +314,7 @@ class MemoryBank:
         logit_scale: torch.Tensor | float,
         positive_ids: torch.Tensor | None,
         step: int,
+        exclude_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         r"""Extra negative logits ``(B, C)`` for a batch of queries, ``-inf`` where not served.
 
@@ -322,6 +331,9 @@ class MemoryBank:
             positive_ids: ``(B,)`` target ids of the queries' positives (masked as false negatives); ``None``
                 disables id masking.
             step: the current training step (ages are measured from it).
+            exclude_ids: ``(B,)`` or ``(B, K)`` further ids never served to query ``i`` (``-1`` pads), e.g. the
+                query's reference image, which CIR protocols remove from the ranking: as a negative it would
+                push a query away from the image its target differs from in one detail.
         """
         self.last_selection = BankSelection()
         if not self.is_serving(step) or not bool(self.occupied.any()):
@@ -341,7 +353,7 @@ class MemoryBank:
             logits = logits + log_weight.unsqueeze(0)
 
         with torch.no_grad():
-            mask = self.candidate_mask(positive_ids, step).to(logits.device)
+            mask = self.candidate_mask(positive_ids, step, exclude_ids).to(logits.device)
             n = mask.sum(dim=1)
             if not bool((n > 0).any()):
                 return None

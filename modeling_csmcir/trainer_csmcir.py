@@ -97,7 +97,9 @@ class CSMCIRTrainingArguments(TrainingArguments):
 class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
     """`Trainer` for `CSMCIRModel` with the entropy-based, temporally dynamic memory bank.
 
-    Batches must carry `target_ids` (non-negative integer target identities) unless `bank_strategy="none"`.
+    Batches must carry `target_ids` (non-negative integer target identities) unless `bank_strategy="none"`, and
+    may carry `reference_ids` (the reference image's id in the same id space, `-1` if unknown): the bank never
+    serves a query its own reference image, which CIR protocols remove from the ranking anyway.
     The training loss is ``csmcir_contrastive_loss(logits_per_query, bank.negative_logits(...), target_ids)``:
 
         L = -1/B Σ_i log( exp(s_ii) / (Σ_j m_ij exp(s_ij) + Σ_{m ∈ K_i} w_m exp(logit_scale · q_i·e_m)) )
@@ -154,6 +156,8 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         # Overridden because the loss needs the bank's negatives, and the batch's target embeddings must be
         # enqueued after the step; the model's own loss sees neither. Only training steps touch the bank.
+        # `reference_ids` (optional, the reference image's target id) is for the bank's masking, not the model.
+        reference_ids = inputs.pop("reference_ids", None) if "reference_ids" in inputs else None
         outputs = model(**inputs)
         loss = outputs.loss
         if not model.training or self.memory_bank.strategy == "none":
@@ -173,7 +177,7 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         unwrapped = self.accelerator.unwrap_model(model)
         self._maybe_refresh_bank(unwrapped, step)
 
-        extra = bank.negative_logits(outputs.query_embeds, unwrapped.logit_scale, target_ids, step)
+        extra = bank.negative_logits(outputs.query_embeds, unwrapped.logit_scale, target_ids, step, reference_ids)
         if extra is not None:
             in_batch_loss = loss
             loss = csmcir_contrastive_loss(outputs.logits_per_query, extra, target_ids)

@@ -247,3 +247,12 @@ def test_constructor_and_enqueue_validate_their_inputs():
         bank.enqueue(torch.zeros(2, 3), torch.tensor([0, 1]), step=0)
     with pytest.raises(ValueError, match="non-negative"):
         bank.enqueue(unit(1, 4), torch.tensor([-3]), step=0)
+
+
+def test_exclude_ids_mask_further_entries_per_query():
+    bank = MemoryBank(capacity=4, dim=4, strategy="fifo", age_decay=None, max_age=None)
+    bank.enqueue(unit(4, 4, 1), torch.tensor([10, 11, 12, 13]), step=0)
+    # Query 0 excludes its reference (id 12); query 1 excludes ids 10 and 13 (-1 pads).
+    exclude = torch.tensor([[12, -1], [10, 13]])
+    logits = bank.negative_logits(unit(2, 4, 2), 1.0, torch.tensor([11, 99]), step=0, exclude_ids=exclude)
+    assert torch.isfinite(logits).tolist() == [[True, False, False, True], [False, True, True, False]]
