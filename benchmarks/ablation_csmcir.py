@@ -19,6 +19,7 @@ R@5. Runs go to ``workers`` processes with one thread each (the machine is small
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -69,19 +70,22 @@ class AblationArguments:
     data_seed: int = field(default=0)
     seeds: str = field(default="0,1,2")
     variants: str = field(default=",".join(VARIANTS))
-    max_steps: int = field(default=150)
+    max_steps: int = field(default=200)
     batch_size: int = field(default=32)
     learning_rate: float = field(default=1e-3)
     hidden_size: int = field(default=64)
     num_layers: int = field(default=2)
     eval_every: int = field(default=25, metadata={"help": "Val evaluation interval of the efficiency curves."})
-    bank_size: int = field(default=1024)
-    bank_k_min: int = field(default=8)
-    bank_k_max: int = field(default=128)
-    bank_start_step: int = field(default=30)
+    bank_size: int = field(default=512)
+    bank_k_min: int = field(default=4)
+    bank_k_max: int = field(default=32)
+    bank_start_step: int = field(default=50)
+    bank_max_age: int = field(default=100, metadata={"help": "Steps; a fast-changing tiny model makes old entries stale."})
+    bank_age_decay: float = field(default=50.0)
     target_metric: str = field(default="recall_at_5")
-    target_value: float = field(default=20.0, metadata={"help": "Fixed val Recall the efficiency table measures steps to."})
+    target_value: float = field(default=15.0, metadata={"help": "Fixed val Recall the efficiency table measures steps to."})
     workers: int = field(default=2, metadata={"help": "Parallel processes (one CPU thread each)."})
+    report_only: bool = field(default=False, metadata={"help": "Only rebuild the table from the finished runs on disk."})
 
 
 _WORKER: dict = {}
@@ -105,6 +109,7 @@ def _run(variant: str, seed: int) -> dict:
         use_target_captions=captions, share_qformer=shared, bank_strategy=strategy, seed=seed, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, bank_size=args.bank_size,
         bank_k_min=args.bank_k_min, bank_k_max=args.bank_k_max, bank_start_step=args.bank_start_step,
+        bank_max_age=args.bank_max_age, bank_age_decay=args.bank_age_decay,
         eval_every=args.eval_every if variant in CURVE_VARIANTS else 0,
         output_dir=os.path.join(args.model_dir, "trainer_tmp", f"{variant}_{seed}"),
     )
@@ -130,15 +135,30 @@ def main(argv: list[str] | None = None) -> dict:
             min_objects=args.min_objects, max_objects=args.max_objects, pairs_per_set=args.pairs_per_set,
             caption_error_rate=args.caption_error_rate,
         ))
-    jobs = [(v, s) for s in seeds for v in variants]
-    start = time.perf_counter()
+    # Each finished run is written at once (seed-major order: every variant's seed 0 first), so an interrupted
+    # ablation keeps its runs, a rerun skips them, and --report_only builds the table from whatever finished.
+    runs_dir = Path(args.output_dir) / "ablation_csmcir_runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(asdict(args),)) as pool:
-        futures = [pool.submit(_run, v, s) for v, s in jobs]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="ablation runs"):
-            runs.append(future.result())
+    for v, s in [(v, s) for s in seeds for v in variants]:
+        path = runs_dir / f"{v}_seed{s}.json"
+        if path.is_file():
+            run = json.loads(path.read_text(encoding="utf-8"))
+            if run.get("max_steps") == args.max_steps:
+                runs.append(run)
+    done = {(r["variant"], r["seed"]) for r in runs}
+    jobs = [] if args.report_only else [(v, s) for s in seeds for v in variants if (v, s) not in done]
+    start = time.perf_counter()
+    if jobs:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(asdict(args),)) as pool:
+            futures = [pool.submit(_run, v, s) for v, s in jobs]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="ablation runs"):
+                run = {**future.result(), "max_steps": args.max_steps}
+                write_json_atomically(runs_dir / f"{run['variant']}_seed{run['seed']}.json", run, indent=1)
+                runs.append(run)
     wall = time.perf_counter() - start
+    variants = [v for v in variants if any(r["variant"] == v for r in runs)]
     report = _summarise(args, runs, variants, seeds, wall)
     command = "python benchmarks/ablation_csmcir.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(args.output_dir)
@@ -158,6 +178,7 @@ def _summarise(args: AblationArguments, runs: list[dict], variants: list[str], s
         summary[v] = {k: mean_std([r["metrics"][k] for r in rs])
                       for k in ("recall_at_1", "recall_at_5", "recall_at_10", "recall_subset_at_1", "avg")}
         summary[v]["train_seconds"] = mean_std([r["train_seconds"] for r in rs])
+        summary[v]["seeds"] = ",".join(str(r["seed"]) for r in rs)
     efficiency = {}
     for v in CURVE_VARIANTS:
         if v not in by_variant:
@@ -207,8 +228,9 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
     lines = [
         "# CSMCIR ablations on the synthetic CIR benchmark",
         "",
-        f"Command: `.venv/bin/{report['command']}` (wall time {report['wall_seconds'] / 60:.1f} min on the shared "
-        f"2-core CPU machine, {args.workers} worker processes × 1 thread).",
+        f"Command: `.venv/bin/{report['command']}` ({args.workers} worker processes × 1 thread on the shared 2-core CPU "
+        "machine; finished runs are kept under `ablation_csmcir_runs/` and skipped on rerun; `--report_only True` "
+        "rebuilds this file from them).",
         "",
         f"Data: `csmcir-synth --num_images {args.num_images} --seed {args.data_seed} --image_size {args.image_size} "
         f"--min_objects {args.min_objects} --max_objects {args.max_objects} --pairs_per_set {args.pairs_per_set} "
@@ -217,15 +239,15 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
         f"{args.num_layers} layers, 8 query tokens, 64-d embeddings; the tiny ViT trains too). Training: "
         f"`CSMCIRTrainer`, {args.max_steps} steps, batch {args.batch_size}, AdamW lr {args.learning_rate} (warm-up 30, "
         f"cosine), bank size {args.bank_size}, k_min {args.bank_k_min}, k_max {args.bank_k_max}, bank from step "
-        f"{args.bank_start_step}, age decay 200, max age 400. Seeds: {args.seeds} (model init and data order).",
+        f"{args.bank_start_step}, age decay {args.bank_age_decay:g}, max age {args.bank_max_age}. Seeds requested: {args.seeds} (model init and data order); the table's `seeds` column says which finished.",
         "Protocol: CIRR rc2 on `val` — R@K over the gallery with the reference removed; Rs@1 within the img_set "
         "(5 candidates, chance 20%). Mean ± sample std over seeds, in %.",
         "",
-        "| variant | what changes | R@1 | R@5 | Rs@1 | train s / run |",
-        "|---|---|---|---|---|---|",
+        "| variant | what changes | seeds | R@1 | R@5 | Rs@1 | train s / run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v, s in summary.items():
-        lines.append(f"| {v} | {VARIANTS[v][3]} | {_fmt(s['recall_at_1'])} | {_fmt(s['recall_at_5'])} | "
+        lines.append(f"| {v} | {VARIANTS[v][3]} | {s['seeds']} | {_fmt(s['recall_at_1'])} | {_fmt(s['recall_at_5'])} | "
                      f"{_fmt(s['recall_subset_at_1'])} | {s['train_seconds'][0]:.0f} |")
     if eff:
         lines += [
