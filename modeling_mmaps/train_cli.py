@@ -4,7 +4,8 @@
     mmaps-train --data_dir D --output_dir O --model_name_or_path M ...
 
 ``--config_name tiny`` builds a CPU-sized model from scratch: a character vocabulary read off the
-training texts and summaries, ``MMAPSConfig.tiny()`` sized to it, and (for ``--visual_input images``)
+training texts and summaries, ``MMAPSConfig.tiny()`` sized to it (text side widened to d_model 64, two
+encoder layers: ``TINY_TEXT_OVERRIDES``), and (for ``--visual_input images``)
 a tiny CLIP vision tower on raw images. ``--model_name_or_path`` loads a saved MMAPS model and its
 processor (or, with ``--from_bart``, starts from a BART checkpoint). The attribute vocabulary is built
 from the training references (top ``--attribute_top_n`` words per category) unless the processor has
@@ -61,6 +62,13 @@ class DataArguments:
     max_target_length: int | None = field(default=None, metadata={"help": "Token limit of the summary."})
 
 
+#: The `--config_name tiny` text model: MMAPSConfig.tiny()'s BART widened to learn the synthetic set on a CPU.
+TINY_TEXT_OVERRIDES: dict[str, int] = dict(
+    d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+    encoder_ffn_dim=128, decoder_ffn_dim=128,
+)
+
+
 def _characters(dataset: Any) -> list[str]:
     """Every character of the texts and references, lower-cased (the tokenizer lower-cases), sorted."""
     chars: set[str] = set()
@@ -84,9 +92,15 @@ def build_tiny_model(train_dataset: Any, attribute_vocabulary: list[str], model_
         _characters(train_dataset), image_size=model_args.image_size, attribute_vocabulary=attribute_vocabulary,
         max_source_length=max_source, max_target_length=max_target, max_regions=6,
     )
+    # MMAPSConfig.tiny() (d_model 32, one layer each side) never learned to copy attributes from the text in 800
+    # steps on the synthetic set; d_model 64 with two encoder layers did, still at ~0.2 s per step of 16 on one CPU.
     overrides: dict[str, Any] = dict(
-        text_config={"vocab_size": len(processor.tokenizer), "max_position_embeddings": max(max_source, max_target) + 8},
+        text_config={
+            "vocab_size": len(processor.tokenizer), "max_position_embeddings": max(max_source, max_target) + 8,
+            **TINY_TEXT_OVERRIDES,
+        },
         num_attributes=len(attribute_vocabulary),
+        fusion_hidden_size=32,
     )
     if model_args.visual_input in ("images", "none"):
         # "none" keeps the vision tower so the ablation is the same model, only fed no images.

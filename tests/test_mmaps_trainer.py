@@ -157,9 +157,9 @@ def _learning_check(tmp_path, num_products, steps, check_images):
 
 
 def test_tiny_model_beats_lead_baseline_fast(tmp_path):
-    _learning_check(tmp_path, num_products=90, steps=120, check_images=False)
+    _learning_check(tmp_path, num_products=60, steps=80, check_images=False)
 
 
 @pytest.mark.slow
 def test_tiny_model_beats_lead_and_uses_image_only_attributes(tmp_path):
-    _learning_check(tmp_path, num_products=300, steps=300, check_images=True)
+    _learning_check(tmp_path, num_products=300, steps=800, check_images=True)
