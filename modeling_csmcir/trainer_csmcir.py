@@ -58,6 +58,12 @@ class CSMCIRTrainingArguments(TrainingArguments):
         default=0, metadata={"help": "Re-encode the oldest bank entries with the current model every N steps; 0 = off."}
     )
     bank_refresh_size: int = field(default=256, metadata={"help": "How many of the oldest entries each refresh re-encodes."})
+    freeze_temperature: bool = field(
+        default=False,
+        metadata={"help": "Keep the InfoNCE temperature fixed. Adam moves the raw temperature by about the learning "
+                          "rate every step, so at from-scratch rates (1e-3) it collapses to its clamp within tens of "
+                          "steps, fastest with bank negatives; freeze it there (BLIP-2 fine-tuning rates are fine)."},
+    )
     # The CIR collators build model inputs from raw image/text columns that `forward` does not take; the
     # Trainer's default (True) would drop them before the collator sees them.
     remove_unused_columns: bool = field(
@@ -128,6 +134,8 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
             raise ValueError(
                 f"CSMCIRTrainer needs CSMCIRTrainingArguments (for the bank_* settings), got {type(self.args).__name__}"
             )
+        if self.args.freeze_temperature and isinstance(getattr(self.model, "temperature", None), nn.Parameter):
+            self.model.temperature.requires_grad_(False)
         embed_dim = int(self.model.config.embed_dim)
         self.memory_bank = memory_bank if memory_bank is not None else self.args.build_memory_bank(embed_dim)
         if self.memory_bank.dim != embed_dim:
