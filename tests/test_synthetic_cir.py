@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -172,11 +173,12 @@ def test_bad_config_is_rejected(tmp_path, overrides, message):
 
 
 @pytest.mark.slow
-def test_composed_query_beats_image_only_and_text_only(tmp_path):
+def test_composed_query_beats_image_only_and_text_only(tmp_path, monkeypatch):
     """The issue's learning requirement: the benchmark script's symmetric run (about 5 minutes on one CPU thread)."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_cir_difficulty.py"
     spec = importlib.util.spec_from_file_location("synthetic_cir_difficulty", path)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     report = module.main(
         ["--variants", "symmetric", "--output_file", str(tmp_path / "difficulty.md")]  # defaults: 6000 images, 20 epochs
