@@ -160,6 +160,9 @@ class CSMCIRConfig(PretrainedConfig):
                 num_attention_heads=2,
                 image_size=image_size,
                 patch_size=8,
+                # Blip2VisionConfig defaults to 1e-10, which makes a random tower map every image to the same
+                # features; a from-scratch tiny model needs a tower whose outputs depend on the image.
+                initializer_range=0.02,
             ),
         )
         qformer = overrides.pop(
