@@ -146,6 +146,20 @@ class GalleryTargetLookup:
         return self.collator([self.gallery[int(i)] for i in ids])
 
 
+class ReferenceIdCollator:
+    """Wraps a `CIRCollator` to add `reference_ids`: the reference image's gallery row (`-1` when it is not in the
+    gallery), so the memory bank never serves a query its own reference image (see `MemoryBank.negative_logits`)."""
+
+    def __init__(self, collator: CIRCollator, gallery_ids: list[str]) -> None:
+        self.collator = collator
+        self.row_of = {image_id: row for row, image_id in enumerate(gallery_ids)}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.collator(rows)
+        batch["reference_ids"] = torch.tensor([self.row_of.get(row.get("reference_id"), -1) for row in rows])
+        return batch
+
+
 def run_training(data_args: CSMCIRDataArguments, training_args: CSMCIRTrainingArguments) -> dict[str, Any]:
     """Train, save the model and processor to `output_dir`, and return (and write) the retrieval metrics."""
     model, processor = load_model_and_processor(data_args)
@@ -163,7 +177,10 @@ def run_training(data_args: CSMCIRDataArguments, training_args: CSMCIRTrainingAr
         model=model,
         args=training_args,
         train_dataset=train["queries"],
-        data_collator=CIRCollator(processor, use_target_captions=use_captions, max_text_length=data_args.max_text_length),
+        data_collator=ReferenceIdCollator(
+            CIRCollator(processor, use_target_captions=use_captions, max_text_length=data_args.max_text_length),
+            list(train["gallery"]["image_id"]),
+        ),
         processing_class=processor,
         target_lookup=lookup,
     )

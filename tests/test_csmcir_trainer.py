@@ -393,6 +393,37 @@ def test_short_training_improves_val_recall_on_the_synthetic_benchmark(strategy,
     assert after["recall_at_10"] >= before["recall_at_10"] + MARGIN_R10, (strategy, before, after)
 
 
+def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
+    from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
+    from modeling_csmcir.train_cli import main as train_main
+
+    root = generate_synthetic_cir(SyntheticCIRConfig(
+        output_dir=str(tmp_path / "data"), num_images=150, image_size=32, val_fraction=0.4, test_fraction=0.4
+    ))
+    out = tmp_path / "run"
+    argv = [
+        "--dataset", "cirr", "--data_dir", str(root), "--captions", str(root / "target_captions" / "captions.rc2.{split}.json"),
+        "--config_name", "tiny", "--output_dir", str(out), "--per_device_train_batch_size", "4", "--save_steps", "2",
+        "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--bank_strategy", "entropy", "--bank_size", "32",
+        "--bank_k_min", "2", "--bank_k_max", "8", "--bank_refresh_every", "2", "--bank_refresh_size", "4",
+    ]
+    first = train_main(argv + ["--max_steps", "2"])
+    assert (out / "checkpoint-2" / MEMORY_BANK_NAME).is_file() and (out / "model.safetensors").is_file()
+    assert first["train"]["train_loss"] > 0
+    report = train_main(argv + ["--max_steps", "4", "--resume_from_checkpoint", "last", "--eval_split", "val"])
+    assert (out / "checkpoint-4" / MEMORY_BANK_NAME).is_file()
+    saved = json.loads((out / "retrieval_metrics.json").read_text())
+    assert saved["after"] == report["after"] and 0 <= saved["after"]["recall_at_5"] <= 100
+    assert set(saved["before"]) == set(saved["after"]) and "recall_subset_at_1" in saved["after"]
+    # A half-written later checkpoint (killed while saving) is skipped when resuming from "last".
+    from modeling_csmcir.train_cli import latest_complete_checkpoint
+
+    (out / "checkpoint-9").mkdir()
+    assert latest_complete_checkpoint(str(out)) == str(out / "checkpoint-4")
+    with pytest.raises(ValueError, match="exactly one of --config_name"):
+        train_main(["--dataset", "cirr", "--data_dir", str(root), "--output_dir", str(out)])
+
+
 def worker(output_dir: str, max_steps: int) -> None:
     """Train in this process (one rank under torchrun); save this rank's bank when done."""
     trainer = run_training(output_dir, max_steps, dataloader_num_workers=0)
