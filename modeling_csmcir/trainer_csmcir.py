@@ -5,7 +5,8 @@ The bank (``memory_bank.MemoryBank``) supplies extra negatives to the in-batch I
 forward pass, gathered across data-parallel processes so every rank holds the same bank; saves it in every
 checkpoint as ``memory_bank.safetensors`` and restores it on ``resume_from_checkpoint``; optionally re-encodes
 the oldest entries with the current model (``bank_refresh_every``), which the shared towers make meaningful;
-and logs the bank's size, mean entry age, mean selected k and loss share. Its settings are the ``bank_*``
+and logs the bank's size, mean entry age, mean selected k, loss share and mean normalised entropy (``bank_size``,
+``bank_mean_age``, ``bank_mean_k``, ``bank_loss_share``, ``bank_entropy``). Its settings are the ``bank_*``
 fields of ``CSMCIRTrainingArguments``. Design: ``DESIGN.md``, "Memory bank".
 """
 
