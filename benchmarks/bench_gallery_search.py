@@ -343,9 +343,21 @@ def main(argv: list[str] | None = None) -> None:
         "CPU only (no GPU on this machine).",
         "",
     ]
+    load_before = os.getloadavg()[0]
     bench_search(args, lines)
     if args.build_images > 0:
         bench_build(args, lines)
+    load_after = os.getloadavg()[0]
+    lines += [
+        "## Reading these numbers",
+        "",
+        f"1-minute load average: {load_before:.1f} at the start, {load_after:.1f} at the end, on {os.cpu_count()} "
+        "CPUs. Above the CPU count, other jobs' threads compete with ours: absolute times stretch, and every "
+        "multi-threaded op pays for threads waiting at its barrier — worst for models made of many small ops (the "
+        "Q-Former), which is why the 1-thread build rows are the fairer picture of the Q-Former's share of the work. "
+        "Contenders run in interleaved rounds, so their ratios are comparable even when absolute times are not.",
+        "",
+    ]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     tmp_path = args.output + ".tmp"
