@@ -78,8 +78,8 @@ def symmetry_stats(queries: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Entry point of ``csmcir-visualize``; returns the per-model symmetry statistics."""
+def run_visualization(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Parse `argv`, draw and write the PNG; returns the per-model symmetry statistics."""
     (args,) = HfArgumentParser(VisualizeArguments).parse_args_into_dataclasses(args=argv)
     import matplotlib
 
@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     os.replace(tmp, out)
     print(json.dumps(stats, indent=1))
     return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``csmcir-visualize`` (returns None: a console script's return value becomes its exit status)."""
+    run_visualization(argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from modeling_csmcir.cached_training import (
     train_cached,
 )
 from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
-from modeling_csmcir.visualize_cli import main as visualize_main, symmetry_stats
+from modeling_csmcir.visualize_cli import run_visualization, symmetry_stats
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_training_through_csmcir_trainer_records_a_curve(tiny_benchmark, tmp_pat
 def test_visualize_cli_writes_a_png(tiny_benchmark, tmp_path):
     root, _, _, _ = tiny_benchmark
     out = tmp_path / "tsne.png"
-    stats = visualize_main(["--data_dir", str(root), "--output_file", str(out), "--num_queries", "12",
+    stats = run_visualization(["--data_dir", str(root), "--output_file", str(out), "--num_queries", "12",
                             "--train_steps", "2", "--perplexity", "5"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(stats) == 2
