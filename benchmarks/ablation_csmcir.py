@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     report["command"] = command.strip()
+    previous = out / "ablation_csmcir.json"
+    if args.report_only and previous.is_file():
+        # A rebuilt table still names the command and wall time of the runs it shows.
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        report["command"], report["wall_seconds"] = earlier["command"], earlier["wall_seconds"]
     write_json_atomically(out / "ablation_csmcir.json", report, indent=1)
     if all(v in variants for v in CURVE_VARIANTS):
         _plot(report, out / "ablation_csmcir_efficiency.png")
@@ -274,11 +279,20 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
             for v in names:
                 cells += [_fmt(eff[v]["mean_curve"]["recall_at_1"][i]), _fmt(eff[v]["mean_curve"]["recall_at_5"][i])]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    lines += ["", "## Notes", "", "NOTES_PLACEHOLDER", ""]
+    lines += ["", "## Notes", "", _previous_notes(path), ""]
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
     print("\n".join(lines))
+
+
+def _previous_notes(path: Path) -> str:
+    """The hand-written interpretation under "## Notes" of an existing table, kept when the numbers are rebuilt."""
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if "\n## Notes\n" in text:
+            return text.split("\n## Notes\n", 1)[1].strip()
+    return "(interpretation to be written after reading the numbers)"
 
 
 if __name__ == "__main__":

@@ -177,13 +177,22 @@ def main(argv: list[str] | None = None) -> dict:
     if lead:
         lines += ["", "Lead baseline (first N characters of the product text): " +
                   ", ".join(f"{k} {float(v):.1f}" for k, v in lead.items())]
-    lines += ["", "## Notes", "", "NOTES_PLACEHOLDER", ""]
+    lines += ["", "## Notes", "", _previous_notes(out / "ablation_mmaps.md"), ""]
     path = out / "ablation_mmaps.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
     print("\n".join(lines))
     return report
+
+
+def _previous_notes(path: Path) -> str:
+    """The hand-written interpretation under "## Notes" of an existing table, kept when the numbers are rebuilt."""
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if "\n## Notes\n" in text:
+            return text.split("\n## Notes\n", 1)[1].strip()
+    return "(interpretation to be written after reading the numbers)"
 
 
 if __name__ == "__main__":
