@@ -77,8 +77,13 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     report = csmcir_train([
         "--dataset", "cirr", "--data_dir", str(data_dir), "--captions", str(captions), "--config_name", "tiny",
         "--max_steps", str(budget.cir_steps), "--per_device_train_batch_size", str(budget.cir_batch_size),
-        "--learning_rate", "3e-4", "--warmup_steps", "0.05", "--weight_decay", "0.05",
+        "--learning_rate", "1e-3", "--warmup_steps", "0.05", "--weight_decay", "0.05", "--lr_scheduler_type", "cosine",
+        # From-scratch learning rates move a raw temperature to its clamp within tens of steps: keep it at 0.07.
+        "--freeze_temperature", "true",
+        # XBM-style warm-up: the bank serves negatives once the embeddings have stopped moving fast.
         "--bank_strategy", "entropy", "--bank_size", "2048", "--bank_k_min", "8", "--bank_k_max", "128",
+        "--bank_start_step", str(budget.cir_steps // 3), "--bank_max_age", str(budget.cir_steps // 2),
+        "--bank_age_decay", str(budget.cir_steps // 4),
         *_common_training_flags(model_dir, seed),
     ])
 
