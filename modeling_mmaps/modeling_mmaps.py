@@ -8,9 +8,11 @@ of transformers' BART:
 * gated fusion = single-head text→region attention in `fusion_hidden_size` dims, a sigmoid forget gate on the
   attended vector, and a residual projection of [text; gated] added to the text states; the BART decoder
   cross-attends to the fused states;
-* training tasks: summary cross-entropy, multi-label attribute BCE, fine-grained token-region Hausdorff alignment
-  (padding masked on both sides, unlike the original), coarse image-text InfoNCE between the two [CLS] vectors,
-  and masked region modelling (KL to detector class distributions, or feature regression).
+* training tasks: summary cross-entropy, multi-label attribute BCE, fine-grained token-region alignment
+  (a Hausdorff-style token-region set similarity used contrastively across the batch on separate projection heads,
+  padding masked on both sides — the original's plain Hausdorff distance to the matched image is satisfied by a
+  collapsed encoder), coarse image-text InfoNCE between the two [CLS] vectors, and masked region modelling (KL to
+  detector class distributions, or feature regression).
 
 Text encoder, visual encoder and fusion sit behind `get_encoder()`, so `generate()` runs them once per input and
 expands the result for beams. Products without an image are masked out of attention and of the visual losses.
@@ -103,7 +105,8 @@ class MMAPSSeq2SeqLMOutput(ModelOutput):
         logits (`(B, T, V)`): next-token logits of the summary decoder.
         summary_loss: token cross-entropy of the summary (labels = -100 ignored).
         attribute_loss: mean binary cross-entropy of the attribute logits against `attribute_labels`.
-        alignment_loss: mean over imaged examples of the squared token-region Hausdorff distance.
+        alignment_loss: token-region InfoNCE over the imaged examples' Hausdorff-style set similarities
+            (`token_region_contrastive_loss`; needs ≥2 imaged examples in the batch).
         contrastive_loss: symmetric InfoNCE between text and image [CLS] embeddings of imaged examples.
         region_loss: masked region modelling (KL divergence or mean squared error).
         attribute_logits (`(B, num_attributes)`): multi-label attribute logits (when the encoder ran in this call).
@@ -270,6 +273,11 @@ class MMAPSGatedFusion(nn.Module):
 
     a = softmax(q kᵀ/√d_f) v with q = W_q h_text, k = W_k h_reg, v = W_v h_reg (single head, d_f dims);
     g = σ(W_g [h_text; a]) (0 for examples without an image); fused = W_r [h_text; g ⊙ W_m a] + h_text.
+
+    The text half of W_r starts at zero (see `MMAPSPreTrainedModel._init_weights`), so at initialisation
+    fused = h_text + W_r^g (g ⊙ W_m a): the decoder first reads the BART text states unchanged, plus a small visual
+    term. Deviation from the original (random W_r): a random W_r h_text added to h_text perturbs exactly the token
+    states the decoder copies from, which cost summary quality against plain BART when training from scratch.
     """
 
     def __init__(self, config: MMAPSConfig) -> None:
@@ -328,12 +336,19 @@ class MMAPSPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MMAPSVisualEncoder):
             init.normal_(module.cls_embedding, mean=0.0, std=std)
             init.normal_(module.mask_embedding, mean=0.0, std=std)
+        elif isinstance(module, MMAPSGatedFusion):
+            # Runs after the child Linear's init (children first): start fusion as the identity on the text states.
+            weight = module.residual.weight
+            if not getattr(weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    weight[:, : self.config.text_config.d_model].zero_()
         elif isinstance(module, MMAPSEncoder) and module.text_cls_embedding is not None:
             init.normal_(module.text_cls_embedding, mean=0.0, std=std)
         elif isinstance(module, MMAPSForConditionalGeneration):
             init.zeros_(module.final_logits_bias)
             if module.logit_scale is not None:
                 init.constant_(module.logit_scale, self.config.contrastive_logit_scale_init)
+                init.constant_(module.alignment_logit_scale, self.config.contrastive_logit_scale_init)
 
 
 class MMAPSEncoder(nn.Module):
@@ -609,6 +624,10 @@ def hausdorff_alignment_loss(
 
     d(t, r) = ‖t̂ − r̂‖; H = max(max_t min_r d, max_r min_t d), where the max/min run over **valid** tokens and regions
     only (padding masked on both sides). Examples must each have ≥1 valid token and region.
+
+    This is the original MMAPS objective, kept as a diagnostic only: the model trains with
+    `token_region_contrastive_loss`, because a distance to the matched image alone is minimised by collapsing every
+    token and region onto one point (observed: the text encoder became constant across products).
     """
     t = F.normalize(text_states, dim=-1)
     r = F.normalize(region_states, dim=-1)
@@ -621,6 +640,51 @@ def hausdorff_alignment_loss(
     region_to_text = dist.masked_fill(~text_valid[:, :, None], inf).min(1).values
     region_to_text = region_to_text.masked_fill(~region_valid, -inf).max(-1).values
     return torch.maximum(text_to_region, region_to_text).pow(2).mean()
+
+
+def token_region_similarity(
+    text_latents: torch.Tensor, text_mask: torch.Tensor, region_latents: torch.Tensor, region_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Hausdorff-style set similarity of every text (rows) with every image (columns): (B, L, D), (B, R, D) → (B, B).
+
+    With cosine similarities c(t, r) = t̂·r̂ between text i's valid tokens T_i and image j's valid regions R_j:
+
+        s(T→R) = mean_{t∈T_i} max_{r∈R_j} c(t, r),   s(R→T) = mean_{r∈R_j} max_{t∈T_i} c(t, r),
+        S_ij = min(s(T→R), s(R→T)).
+
+    1 − S_ij is the modified (averaged) Hausdorff distance of Dubuisson & Jain on the cosine distance: the worse of the
+    two directed averages of nearest-neighbour distances. Averaging instead of the original's inner max keeps every
+    token in the gradient (as FILIP's token-wise similarity does). Padding is masked on both sides.
+    """
+    t = F.normalize(text_latents, dim=-1)
+    r = F.normalize(region_latents, dim=-1)
+    sim = torch.einsum("ild,jrd->ijlr", t, r)  # (B_text, B_image, L, R)
+    text_valid, region_valid = text_mask.bool(), region_mask.bool()
+    neg = torch.finfo(sim.dtype).min
+    text_weights = text_mask.to(sim.dtype)
+    region_weights = region_mask.to(sim.dtype)
+    best_region = sim.masked_fill(~region_valid[None, :, None, :], neg).max(-1).values  # (B, B, L)
+    text_to_region = (best_region * text_weights[:, None, :]).sum(-1) / text_weights.sum(-1).clamp(min=1)[:, None]
+    best_token = sim.masked_fill(~text_valid[:, None, :, None], neg).max(2).values  # (B, B, R)
+    region_to_text = (best_token * region_weights[None]).sum(-1) / region_weights.sum(-1).clamp(min=1)[None]
+    return torch.minimum(text_to_region, region_to_text)
+
+
+def token_region_contrastive_loss(
+    text_latents: torch.Tensor, text_mask: torch.Tensor, region_latents: torch.Tensor, region_mask: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Fine-grained alignment as symmetric InfoNCE over `token_region_similarity`: s = exp(τ) · S;
+    L = ½ [CE(s, diag) + CE(sᵀ, diag)] — each product's tokens must match its own image's regions better than the
+    other products' images in the batch.
+
+    Deviation from the original (a Hausdorff distance to the matched image only): with negatives, a constant text or
+    visual encoder gives chance loss ln(B) instead of zero, so collapse no longer satisfies the task. Needs B ≥ 2.
+    """
+    similarity = token_region_similarity(text_latents, text_mask, region_latents, region_mask)
+    logits = logit_scale.exp() * similarity
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets))
 
 
 def image_text_contrastive_loss(text_latents: torch.Tensor, image_latents: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -663,8 +727,13 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             self.text_projection = nn.Linear(text.d_model, config.fusion_hidden_size, bias=False)
             self.image_projection = nn.Linear(visual, config.fusion_hidden_size, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(float(config.contrastive_logit_scale_init)))
+            # Fine-grained alignment compares tokens and regions on their own heads (region MLP as in the original,
+            # plus a text head), not the raw text states the decoder reads: the alignment geometry need not be the
+            # summarizer's, so the two tasks do not fight over the same coordinates.
             self.alignment_projection = nn.Sequential(nn.Linear(visual, text.d_model), nn.ReLU(),
-                                                      nn.Linear(text.d_model, text.d_model))
+                                                      nn.Linear(text.d_model, config.fusion_hidden_size))
+            self.alignment_text_projection = nn.Linear(text.d_model, config.fusion_hidden_size, bias=False)
+            self.alignment_logit_scale = nn.Parameter(torch.tensor(float(config.contrastive_logit_scale_init)))
             feature_dim = self.model.encoder.visual_encoder.feature_dim
             self.region_feature_head = MMAPSRegionHead(visual, feature_dim, config.visual_dropout)
             self.region_class_head = (MMAPSRegionHead(visual, config.num_region_classes, config.visual_dropout)
@@ -672,6 +741,7 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         else:
             self.text_projection = self.image_projection = self.logit_scale = None
             self.alignment_projection = self.region_feature_head = self.region_class_head = None
+            self.alignment_text_projection = self.alignment_logit_scale = None
         self.post_init()
 
     # -- plumbing --------------------------------------------------------------------------------------------------
@@ -838,10 +908,11 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             return losses
         text_mask = attention_mask[has_image]
         region_mask = encoder_outputs.visual_attention_mask[has_image]
-        if config.alignment_loss_weight > 0:
-            losses["alignment_loss"] = hausdorff_alignment_loss(
-                encoder_outputs.text_hidden_states[has_image], text_mask,
-                self.alignment_projection(encoder_outputs.visual_hidden_states[has_image]), region_mask)
+        if config.alignment_loss_weight > 0 and int(has_image.sum()) >= 2:
+            losses["alignment_loss"] = token_region_contrastive_loss(
+                self.alignment_text_projection(encoder_outputs.text_hidden_states[has_image]), text_mask,
+                self.alignment_projection(encoder_outputs.visual_hidden_states[has_image]), region_mask,
+                self.alignment_logit_scale.clamp(max=math.log(100.0)))
         if config.contrastive_loss_weight > 0 and int(has_image.sum()) >= 2:
             losses["contrastive_loss"] = image_text_contrastive_loss(
                 self.text_projection(encoder_outputs.text_embeds[has_image]),
@@ -909,5 +980,5 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         return model.to(bart.dtype)
 
 
-__all__ = ["MMAPSEncoder", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
+__all__ = ["MMAPSEncoder", "hausdorff_alignment_loss", "token_region_contrastive_loss", "token_region_similarity", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
            "MMAPSPreTrainedModel", "MMAPSSeq2SeqLMOutput", "MMAPSSeq2SeqModelOutput", "VISUAL_INPUT_NAMES"]
