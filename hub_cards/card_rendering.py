@@ -119,13 +119,14 @@ def gather_card_inputs(
     dataset_name: str | None, repo_id: str | None,
 ) -> CardInputs:
     """Read the results (:func:`as_report`), the saved ``config.json``, the training settings (``trainer_state``
-    defaults to ``output_dir/trainer_state.json`` when that exists), the dataset (the results file's name wins
-    over ``dataset_name``) and the repo id (default ``your-username/<folder name>``)."""
+    defaults to ``output_dir/trainer_state.json`` when that exists), the dataset (an explicit ``dataset_name`` wins
+    over the results file's benchmark name: a synthetic set in the CIRR layout is scored by the CIRR protocol but is
+    not CIRR) and the repo id (default ``your-username/<folder name>``)."""
     report = as_report(metrics)
     state_file = Path(output_dir) / TRAINER_STATE_NAME
     if trainer_state is None and state_file.is_file():
         trainer_state = state_file
-    dataset = (report.dataset if report and report.dataset else None) or dataset_name or "unknown"
+    dataset = dataset_name or (report.dataset if report and report.dataset else None) or "unknown"
     return CardInputs(
         report=report, config=read_saved_config(output_dir), settings=read_training_settings(training_args, trainer_state),
         dataset=dataset, split=report.split if report else None,

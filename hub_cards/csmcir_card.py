@@ -79,7 +79,8 @@ def write_csmcir_card(
         training_args: ``CSMCIRTrainingArguments`` (or dict / JSON path) of the run; ``trainer_state`` (keyword)
             is read from ``output_dir/trainer_state.json`` when not given.
         base_model: Hub id the weights were converted or fine-tuned from (e.g. ``Salesforce/blip2-itm-vit-g``).
-        dataset_name: the evaluated dataset when ``metrics`` does not name it (``csmcir-eval`` files do).
+        dataset_name: the evaluated dataset; overrides the benchmark named in ``metrics`` (a synthetic set in the
+            CIRR layout is scored with the CIRR protocol but is not CIRR).
         kwargs: ``repo_id`` (used in the usage snippet; default ``your-username/<folder name>``), ``trainer_state``,
             ``datasets`` (Hub dataset ids for the metadata), ``license``, extra ``tags``.
 

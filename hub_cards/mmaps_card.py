@@ -103,7 +103,7 @@ def write_mmaps_card(
         training_args: ``MMAPSTrainingArguments`` (or dict / JSON path) of the run; ``trainer_state`` (keyword)
             is read from ``output_dir/trainer_state.json`` when not given.
         base_model: the BART checkpoint the model started from (e.g. ``fnlp/bart-base-chinese``).
-        dataset_name: the evaluated dataset when ``metrics`` does not name it.
+        dataset_name: the evaluated dataset; overrides the one named in ``metrics``.
         kwargs: ``repo_id`` (for the usage snippet; default ``your-username/<folder name>``), ``trainer_state``,
             ``language`` (``zh``/``en``; default the run's ``summary_language``), ``datasets``, ``license``, ``tags``.
 

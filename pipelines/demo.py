@@ -98,7 +98,7 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     retriever = pipeline("composed-image-retrieval", model=str(model_dir), trust_remote_code=True)
     retriever.save_pretrained(str(model_dir))
     write_csmcir_card(model_dir, metrics=json.loads((model_dir / "metrics.json").read_text()),
-                      dataset_name="synthetic-cir (csmcir-synth)")
+                      dataset_name="synthetic-cir")
     return {"folder": model_dir, "data_dir": data_dir, "metrics": metrics, "training": report}
 
 
@@ -159,7 +159,7 @@ def run_mmaps(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     summarizer = pipeline("product-summarization", model=str(model_dir), trust_remote_code=True)
     summarizer.save_pretrained(str(model_dir))
     write_mmaps_card(model_dir, metrics=json.loads((model_dir / "metrics.json").read_text()),
-                     dataset_name="synthetic-products (mmaps-synth)")
+                     dataset_name="synthetic-products")
     return {"folder": model_dir, "data_dir": data_dir, "metrics": metrics}
 
 
