@@ -2,7 +2,7 @@
 
 ``evaluate_cir(model, processor, dataset, benchmark)`` encodes the gallery once (batched, with a progress bar),
 encodes the queries, scores ``scores = q @ g.T`` and applies the benchmark's protocol from :mod:`cir_metrics`.
-Gallery features are cached under the model's identity (``model.model_fingerprint()``: config + weights),
+Gallery features are cached under the model's identity (config hash + weights fingerprint, as gallery indexes use),
 the gallery dataset's fingerprint and the processor/caption settings, so evaluating the same model again does
 not re-encode the gallery, while any weight update gives a new key.
 
@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from pipelines.gallery_index import config_hash, weights_fingerprint
+
 from .cir_collator import CIRCollator, CIRGalleryCollator
 from .cir_metrics import compute_cir_metrics, fashioniq_average
 
@@ -37,15 +39,9 @@ logger = logging.get_logger(__name__)
 
 
 def model_identity(model: torch.nn.Module) -> str:
-    """The model's identity for caching: ``model.model_fingerprint()`` (config + weights) when available,
-    else a SHA-256 over the parameter names, shapes and values."""
-    if hasattr(model, "model_fingerprint"):
-        return str(model.model_fingerprint())
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The model's identity for caching: the same config hash and weights fingerprint a `GalleryIndex` records
+    (`pipelines.gallery_index`), so one notion of "the same model" serves both caches."""
+    return f"{config_hash(model.config)}-{weights_fingerprint(model)}"
 
 
 def _processor_identity(processor: Any, max_text_length: int | None) -> str:

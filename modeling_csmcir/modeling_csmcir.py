@@ -18,7 +18,6 @@ This file is copied into every saved Hub folder: it imports only torch, transfor
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -394,19 +393,7 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
             loss=loss, logits_per_query=logits_per_query, query_embeds=query_embeds, target_embeds=target_embeds
         )
 
-    # ---------------------------------------------------------------------------------------- identity, BLIP-2
-
-    def model_fingerprint(self) -> str:
-        """A short hash of the config and the weights: identifies the model that built a gallery or cache."""
-        digest = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            flat = tensor.detach().float().flatten()
-            # A strided sample plus the sum keeps this cheap for ViT-g sized towers while still catching updates.
-            sample = flat[:: max(1, flat.numel() // 64)]
-            digest.update(sample.cpu().numpy().tobytes())
-            digest.update(flat.sum().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
+    # ------------------------------------------------------------------------------------------------ BLIP-2
 
     @classmethod
     def from_blip2_pretrained(cls, pretrained_model_name_or_path: str, **config_overrides: Any) -> "CSMCIRModel":
