@@ -40,6 +40,12 @@ def write_json_atomically(path: str | os.PathLike, obj: Any, indent: int | None 
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file owner-only (0600); give it the permissions an ordinary write would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
