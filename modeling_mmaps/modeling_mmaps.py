@@ -290,6 +290,7 @@ class MMAPSGatedFusion(nn.Module):
         self.gate = nn.Linear(text_dim + fusion_dim, fusion_dim)
         self.memory = nn.Linear(fusion_dim, fusion_dim)
         self.residual = nn.Linear(text_dim + fusion_dim, text_dim)
+        self.residual.zero_init_input_columns = text_dim  # read by MMAPSPreTrainedModel._init_weights
         self.scale = 1.0 / math.sqrt(fusion_dim)
 
     def forward(
@@ -323,7 +324,16 @@ class MMAPSPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.text_config.init_std
         if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
+            zero_columns = getattr(module, "zero_init_input_columns", 0)
+            if zero_columns and not getattr(module.weight, "_is_hf_initialized", False):
+                # The fusion's W_r: its text half starts at zero so fusion starts as the identity on the text states.
+                # Handled here, on the Linear, because transformers skips `_init_weights` for custom-code modules
+                # that own no parameters directly (as MMAPSGatedFusion).
+                with torch.no_grad():
+                    init.normal_(module.weight, mean=0.0, std=std)
+                    module.weight[:, :zero_columns].zero_()
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -336,12 +346,6 @@ class MMAPSPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MMAPSVisualEncoder):
             init.normal_(module.cls_embedding, mean=0.0, std=std)
             init.normal_(module.mask_embedding, mean=0.0, std=std)
-        elif isinstance(module, MMAPSGatedFusion):
-            # Runs after the child Linear's init (children first): start fusion as the identity on the text states.
-            weight = module.residual.weight
-            if not getattr(weight, "_is_hf_initialized", False):
-                with torch.no_grad():
-                    weight[:, : self.config.text_config.d_model].zero_()
         elif isinstance(module, MMAPSEncoder) and module.text_cls_embedding is not None:
             init.normal_(module.text_cls_embedding, mean=0.0, std=std)
         elif isinstance(module, MMAPSForConditionalGeneration):

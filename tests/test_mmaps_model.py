@@ -12,7 +12,9 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, BartConfig, BartForConditionalGeneration
 
 from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration, MMAPSProcessor
-from modeling_mmaps.modeling_mmaps import insert_text_cls, remove_text_cls
+from modeling_mmaps.modeling_mmaps import (
+    insert_text_cls, remove_text_cls, token_region_contrastive_loss, token_region_similarity,
+)
 from tests.hub_isolation import run_isolated
 
 @pytest.fixture(autouse=True)
@@ -198,6 +200,48 @@ def test_each_task_gradient_reaches_the_parameters_it_should(task, reached, not_
         assert model.model.encoder.visual_encoder.cls_embedding.grad.abs().sum() > 0
     if task == "region":
         assert model.model.encoder.visual_encoder.mask_embedding.grad.abs().sum() > 0
+
+
+def test_token_region_alignment_cannot_be_satisfied_by_a_collapsed_encoder():
+    """The fine-grained alignment is contrastive: constant token/region states score chance (ln B), matched
+    distinct sets score far below it; padding on either side never changes a similarity."""
+    g = torch.Generator().manual_seed(0)
+    batch, length, regions, dim = 4, 5, 3, 8
+    text_mask = torch.ones(batch, length, dtype=torch.long)
+    text_mask[1, 3:] = 0
+    region_mask = torch.ones(batch, regions, dtype=torch.long)
+    region_mask[2, 2:] = 0
+    scale = torch.tensor(4.0)  # exp(4) ≈ 55, a sharp temperature
+    constant = torch.ones(batch, length, dim)
+    collapsed = token_region_contrastive_loss(constant, text_mask, torch.ones(batch, regions, dim), region_mask, scale)
+    torch.testing.assert_close(collapsed, torch.tensor(float(torch.log(torch.tensor(float(batch))))))
+    # Each product's tokens and regions are noisy copies of its own orthogonal "concept" vectors.
+    concepts = torch.eye(dim)[: batch * 2].view(batch, 2, dim)
+    tokens = concepts[:, torch.tensor([0, 1, 0, 1, 0])] + 0.05 * torch.randn(batch, length, dim, generator=g)
+    image = concepts[:, torch.tensor([1, 0, 1])] + 0.05 * torch.randn(batch, regions, dim, generator=g)
+    matched = token_region_contrastive_loss(tokens, text_mask, image, region_mask, scale)
+    assert matched.item() < 0.05 < collapsed.item()
+    # Garbage in padded positions is ignored on both sides.
+    similarity = token_region_similarity(tokens, text_mask, image, region_mask)
+    tokens_garbage, image_garbage = tokens.clone(), image.clone()
+    tokens_garbage[1, 3:] = 100 * torch.randn(2, dim, generator=g)
+    image_garbage[2, 2:] = 100 * torch.randn(1, dim, generator=g)
+    torch.testing.assert_close(token_region_similarity(tokens_garbage, text_mask, image_garbage, region_mask),
+                               similarity)
+    assert similarity.diagonal().min() > 0.9 and (similarity - torch.eye(batch) * 10).max() < 0.2
+
+
+def test_fusion_starts_as_the_identity_on_the_text_states():
+    """W_r's text half is zero at init: imageless products read exactly the text states; imaged ones only gain the
+    (small) gated visual term."""
+    model = tiny_model()
+    batch = make_batch(model.config)
+    encoder_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "visual_features", "visual_boxes",
+                                            "visual_attention_mask", "image_mask")}
+    encoded = model.get_encoder()(**encoder_inputs)
+    assert torch.equal(encoded.last_hidden_state[3], encoded.text_hidden_states[3])
+    visual_term = (encoded.last_hidden_state[:3] - encoded.text_hidden_states[:3]).abs()
+    assert 0 < visual_term.max().item() < 0.1 * encoded.text_hidden_states[:3].abs().max().item()
 
 
 def test_region_modelling_regresses_features_without_detector_distributions():
