@@ -125,6 +125,9 @@ class CachedCIRCollator:
         batch = {
             "pixel_values": s.pixel_values[ref], "input_ids": s.text_ids[idx], "attention_mask": s.text_mask[idx],
             "target_pixel_values": s.pixel_values[tgt], "target_ids": tgt,
+            # The reference's gallery row: the bank must not serve a query its own reference image (it is removed
+            # from the CIRR ranking, and every reference here is also some other query's target, so it is in the bank).
+            "reference_ids": ref,
         }
         if self.use_target_captions:
             batch["target_input_ids"] = s.caption_ids[tgt]
@@ -215,6 +218,10 @@ class CachedRunSettings:
     bank_age_decay: float = 200.0
     bank_max_age: int = 400
     bank_start_step: int = 30
+    bank_weight: float = 1.0
+    bank_refresh_every: int = 0
+    bank_refresh_size: int = 256
+    freeze_temperature: bool = False
     eval_every: int = 0
     output_dir: str = "outputs/cached_run"
 
@@ -240,7 +247,8 @@ def train_cached(
         dataloader_num_workers=0, dataloader_drop_last=True,
         bank_strategy=settings.bank_strategy, bank_size=settings.bank_size, bank_k_min=settings.bank_k_min,
         bank_k_max=settings.bank_k_max, bank_age_decay=settings.bank_age_decay, bank_max_age=settings.bank_max_age,
-        bank_start_step=settings.bank_start_step,
+        bank_start_step=settings.bank_start_step, bank_refresh_every=settings.bank_refresh_every,
+        bank_refresh_size=settings.bank_refresh_size, freeze_temperature=settings.freeze_temperature, bank_weight=settings.bank_weight,
     )
     callback = _RecallCurveCallback(val, settings.use_target_captions, settings.eval_every if val is not None else 0)
     trainer = CSMCIRTrainer(model=model, args=args, train_dataset=CachedCIRDataset(train), data_collator=collator,
@@ -256,6 +264,7 @@ def train_cached(
         "train_seconds": seconds,
         "final_loss": losses[-1] if losses else float(result.training_loss),
         "curve": callback.curve,
+        "log_history": [h for h in trainer.state.log_history if "loss" in h],
     }
 
 

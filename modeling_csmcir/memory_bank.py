@@ -62,10 +62,14 @@ class MemoryBank:
 
     .. math::
 
-        \ell_j = \text{logit\_scale}\cdot q^\top e_j \;-\; \frac{s - s_j}{\tau_{age}}
+        \ell_j = \text{logit\_scale}\cdot q^\top e_j \;-\; \frac{s - s_j}{\tau_{age}} \;+\; \log \lambda
 
-    i.e. an age weight ``w_j = exp(-age_j / age_decay)`` multiplies the entry's term ``exp(\ell)`` in the
-    softmax denominator (no weighting when ``age_decay`` is ``None`` or ``<= 0``). Entry ``j`` is a candidate
+    i.e. an age weight ``w_j = exp(-age_j / age_decay)`` and the bank weight ``\lambda`` (``weight``) multiply
+    the entry's term ``exp(\ell)`` in the softmax denominator (no age weighting when ``age_decay`` is ``None``
+    or ``<= 0``). ``\lambda < 1`` keeps many detached bank negatives from outweighing the in-batch ones: only the
+    in-batch terms push *targets* apart, so a bank that holds most of the denominator's mass starves the target
+    side of that push and, in fast from-scratch training, the shared embedding contracts until it collapses
+    (measured in ``benchmarks/results/ablation_csmcir.md``). Entry ``j`` is a candidate
     for the query when it is occupied, ``y_j != y`` (false-negative masking) and ``s - s_j <= max_age``.
     Among candidates the strategy keeps:
 
@@ -88,6 +92,7 @@ class MemoryBank:
         max_age: entries older than this many steps are evicted; ``None`` keeps them forever.
         start_step: first step at which the bank serves negatives (it is filled before that).
         device: where the bank's tensors live (the model's device).
+        weight: ``\lambda > 0``, the weight of every served entry in the denominator (``1`` = a full negative).
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class MemoryBank:
         max_age: int | None = 1000,
         start_step: int = 0,
         device: torch.device | str | None = None,
+        weight: float = 1.0,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"MemoryBank capacity must be a positive integer, got {capacity}")
@@ -110,6 +116,8 @@ class MemoryBank:
             raise ValueError(f"MemoryBank strategy must be one of {BANK_STRATEGIES}, got {strategy!r}")
         if not 0 <= k_min <= k_max:
             raise ValueError(f"MemoryBank needs 0 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+        if not weight > 0:
+            raise ValueError(f"MemoryBank weight must be > 0, got {weight}")
         if max_age is not None and max_age < 0:
             raise ValueError(f"MemoryBank max_age must be >= 0 or None, got {max_age}")
         self.capacity = int(capacity)
@@ -120,6 +128,7 @@ class MemoryBank:
         self.age_decay = float(age_decay) if age_decay is not None and age_decay > 0 else None
         self.max_age = int(max_age) if max_age is not None else None
         self.start_step = int(start_step)
+        self.weight = float(weight)
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.embeddings = torch.zeros(self.capacity, self.dim, dtype=torch.float32, device=device)
         self.target_ids = torch.full((self.capacity,), EMPTY_ID, dtype=torch.long, device=device)
@@ -318,8 +327,8 @@ class MemoryBank:
     ) -> torch.Tensor | None:
         r"""Extra negative logits ``(B, C)`` for a batch of queries, ``-inf`` where not served.
 
-        ``logits[i, j] = logit_scale * q_i^T e_j - (step - steps_j) / age_decay`` for the entries the strategy
-        selects (see the class docstring), ``-inf`` elsewhere. Gradients flow into ``query_embeds`` and
+        ``logits[i, j] = logit_scale * q_i^T e_j - (step - steps_j) / age_decay + log(weight)`` for the entries
+        the strategy selects (see the class docstring), ``-inf`` elsewhere. Gradients flow into ``query_embeds`` and
         ``logit_scale``; the bank itself is constant. Selection (masks, entropies, top-k) is done without
         gradient. Returns ``None`` when the bank does not serve at ``step`` (strategy ``none``, warm-up, or no
         candidate for any query), so the loss is the plain in-batch InfoNCE. Statistics of the call are kept
@@ -351,6 +360,8 @@ class MemoryBank:
         if self.age_decay is not None:
             log_weight = -self.ages(step).to(device=logits.device, dtype=logits.dtype) / self.age_decay
             logits = logits + log_weight.unsqueeze(0)
+        if self.weight != 1.0:
+            logits = logits + torch.log(torch.tensor(self.weight, dtype=logits.dtype, device=logits.device))
 
         with torch.no_grad():
             mask = self.candidate_mask(positive_ids, step, exclude_ids).to(logits.device)
@@ -453,6 +464,7 @@ class MemoryBank:
         return (
             f"MemoryBank(capacity={self.capacity}, dim={self.dim}, strategy={self.strategy!r}, k_min={self.k_min}, "
             f"k_max={self.k_max}, age_decay={self.age_decay}, max_age={self.max_age}, start_step={self.start_step}, "
+            f"weight={self.weight}, "
             f"size={len(self)})"
         )
 

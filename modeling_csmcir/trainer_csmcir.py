@@ -55,6 +55,11 @@ class CSMCIRTrainingArguments(TrainingArguments):
     )
     bank_max_age: int = field(default=1000, metadata={"help": "Evict entries older than this many steps; < 0 never."})
     bank_start_step: int = field(default=0, metadata={"help": "First optimiser step at which the bank serves negatives."})
+    bank_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight w of every served bank negative in the InfoNCE denominator (log w added to its logit); "
+                          "w < 1 keeps a large bank from outweighing the in-batch terms in fast from-scratch training."},
+    )
     bank_refresh_every: int = field(
         default=0, metadata={"help": "Re-encode the oldest bank entries with the current model every N steps; 0 = off."}
     )
@@ -79,6 +84,8 @@ class CSMCIRTrainingArguments(TrainingArguments):
             raise ValueError(f"bank_size must be positive, got {self.bank_size}")
         if not 0 <= self.bank_k_min <= self.bank_k_max:
             raise ValueError(f"need 0 <= bank_k_min <= bank_k_max, got {self.bank_k_min} and {self.bank_k_max}")
+        if not self.bank_weight > 0:
+            raise ValueError(f"bank_weight must be > 0, got {self.bank_weight}")
         if self.bank_refresh_every < 0 or self.bank_refresh_size < 0:
             raise ValueError(
                 f"bank_refresh_every and bank_refresh_size must be >= 0, got {self.bank_refresh_every} and "
@@ -97,6 +104,7 @@ class CSMCIRTrainingArguments(TrainingArguments):
             max_age=self.bank_max_age if self.bank_max_age >= 0 else None,
             start_step=self.bank_start_step,
             device=device,
+            weight=self.bank_weight,
         )
 
 

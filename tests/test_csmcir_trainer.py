@@ -206,6 +206,9 @@ def test_arguments_validate_bank_settings(tmp_path):
         build_args(tmp_path, 1, bank_strategy="random")
     with pytest.raises(ValueError, match="bank_k_min"):
         build_args(tmp_path, 1, bank_k_min=9, bank_k_max=3)
+    with pytest.raises(ValueError, match="bank_weight"):
+        build_args(tmp_path, 1, bank_weight=0.0)
+    assert build_args(tmp_path, 1, bank_weight=0.25).build_memory_bank(8).weight == 0.25
     with pytest.raises(ValueError, match="target_lookup"):
         CSMCIRTrainer(model=build_model(), args=build_args(tmp_path, 1), train_dataset=list(ToyCIRDataset()))
 
@@ -442,3 +445,31 @@ def worker(output_dir: str, max_steps: int) -> None:
 if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "worker":
     torch.set_num_threads(1)
     worker(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 6)
+
+
+def test_cached_collator_passes_reference_ids_so_the_bank_never_serves_a_query_its_reference():
+    # Regression: the ablation's pre-processed-split collator gave no `reference_ids`, and on the synthetic
+    # benchmark every reference image is also another query's target, so the bank served each query its own
+    # reference (the image it is built from) as a hard negative.
+    from types import SimpleNamespace
+
+    from modeling_csmcir.cached_training import CachedCIRCollator
+
+    n = 6
+    split = SimpleNamespace(
+        ref=torch.tensor([3, 4, 5]), tgt=torch.tensor([0, 1, 2]), pixel_values=torch.randn(n, 3, 32, 32),
+        text_ids=torch.ones(3, 4, dtype=torch.long), text_mask=torch.ones(3, 4, dtype=torch.long),
+        caption_ids=torch.ones(n, 4, dtype=torch.long), caption_mask=torch.ones(n, 4, dtype=torch.long),
+    )
+    batch = CachedCIRCollator(split)([{"row": 0}, {"row": 2}])
+    assert batch["reference_ids"].tolist() == [3, 5] and batch["target_ids"].tolist() == [0, 2]
+
+    from modeling_csmcir.memory_bank import MemoryBank
+
+    bank = MemoryBank(capacity=8, dim=4, strategy="fifo", age_decay=None, max_age=None)
+    bank.enqueue(F.normalize(torch.randn(n, 4), dim=-1), torch.arange(n), step=0)
+    logits = bank.negative_logits(F.normalize(torch.randn(2, 4), dim=-1), 1.0, batch["target_ids"], 1,
+                                  batch["reference_ids"])
+    served = torch.isfinite(logits)
+    assert not served[0, 3] and not served[1, 5] and not served[0, 0] and not served[1, 2]
+    assert served[0, 5] and served[1, 3]

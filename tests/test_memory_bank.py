@@ -256,3 +256,20 @@ def test_exclude_ids_mask_further_entries_per_query():
     exclude = torch.tensor([[12, -1], [10, 13]])
     logits = bank.negative_logits(unit(2, 4, 2), 1.0, torch.tensor([11, 99]), step=0, exclude_ids=exclude)
     assert torch.isfinite(logits).tolist() == [[True, False, False, True], [False, True, True, False]]
+
+
+def test_bank_weight_adds_log_weight_without_changing_the_selection():
+    # Regression (from-scratch collapse): a weight < 1 softens every bank negative by the same factor, so the
+    # served entries and their k are those of the unweighted bank, only each counts as `weight` of a negative.
+    entries, query = unit(6, 8, 3), unit(2, 8, 4)
+    logits = {}
+    for weight in (1.0, 0.25):
+        bank = MemoryBank(capacity=8, dim=8, strategy="entropy", k_min=1, k_max=4, age_decay=None, max_age=None,
+                          weight=weight)
+        bank.enqueue(entries, torch.arange(6), step=0)
+        logits[weight] = bank.negative_logits(query, 5.0, torch.tensor([0, 1]), step=3)
+    served = torch.isfinite(logits[1.0])
+    assert torch.equal(served, torch.isfinite(logits[0.25])) and served.any()
+    torch.testing.assert_close(logits[0.25][served], logits[1.0][served] + math.log(0.25))
+    with pytest.raises(ValueError, match="weight"):
+        MemoryBank(capacity=4, dim=4, weight=0.0)
