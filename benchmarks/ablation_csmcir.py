@@ -6,7 +6,9 @@ Variants (all trained with the real ``CSMCIRTrainer`` from scratch, same data, s
 * ``asymmetric``  — image-only targets (no captions: the SPRC-style asymmetric baseline), entropy bank;
 * ``unshared``    — captions, but two separate, unshared Q-Formers (``share_qformer=False``), entropy bank;
 * ``bank_none`` / ``bank_fifo`` / ``bank_hard`` — the full model with another bank strategy
-  (``bank_entropy`` is ``full``).
+  (``bank_entropy`` is ``full``);
+* ``bank_unweighted`` — the full model with every bank negative at weight 1 (``bank_weight=1``, the setting
+  that collapsed from-scratch runs before ``bank_weight`` existed).
 
 Reports mean ± std over seeds of R@1, R@5 and Rs@1, plus training efficiency: val Recall every
 ``eval_every`` steps for ``full`` and ``asymmetric`` (PNG + table) and the steps each needs to reach a fixed
@@ -52,7 +54,10 @@ VARIANTS: dict[str, tuple[bool, bool, str, str]] = {
     "bank_none": (True, True, "none", "full model, no memory bank (in-batch negatives only)"),
     "bank_fifo": (True, True, "fifo", "full model, FIFO bank (every entry a negative)"),
     "bank_hard": (True, True, "hard", "full model, hard bank (top k_max entries)"),
+    "bank_unweighted": (True, True, "entropy", "full model, entropy bank, every bank negative at weight 1"),
 }
+#: variants whose bank weight is not ``--bank_weight``
+BANK_WEIGHT_OVERRIDES: dict[str, float] = {"bank_unweighted": 1.0}
 CURVE_VARIANTS = ("full", "asymmetric")
 
 
@@ -78,10 +83,16 @@ class AblationArguments:
     eval_every: int = field(default=25, metadata={"help": "Val evaluation interval of the efficiency curves."})
     bank_size: int = field(default=512)
     bank_k_min: int = field(default=4)
-    bank_k_max: int = field(default=32)
+    bank_k_max: int = field(default=16)
     bank_start_step: int = field(default=50)
-    bank_max_age: int = field(default=100, metadata={"help": "Steps; a fast-changing tiny model makes old entries stale."})
-    bank_age_decay: float = field(default=50.0)
+    bank_max_age: int = field(default=8, metadata={"help": "Steps; a fast-changing tiny model makes old entries stale."})
+    bank_age_decay: float = field(default=4.0)
+    bank_weight: float = field(
+        default=0.1, metadata={"help": "Weight of each bank negative (log w added to its logit); see MemoryBank."}
+    )
+    freeze_temperature: bool = field(
+        default=True, metadata={"help": "Keep τ at its initial 0.07 (lr 1e-3 from scratch drives it to its clamp)."}
+    )
     target_metric: str = field(default="recall_at_5")
     target_value: float = field(default=15.0, metadata={"help": "Fixed val Recall the efficiency table measures steps to."})
     workers: int = field(default=2, metadata={"help": "Parallel processes (one CPU thread each)."})
@@ -110,6 +121,7 @@ def _run(variant: str, seed: int) -> dict:
         batch_size=args.batch_size, learning_rate=args.learning_rate, bank_size=args.bank_size,
         bank_k_min=args.bank_k_min, bank_k_max=args.bank_k_max, bank_start_step=args.bank_start_step,
         bank_max_age=args.bank_max_age, bank_age_decay=args.bank_age_decay,
+        bank_weight=BANK_WEIGHT_OVERRIDES.get(variant, args.bank_weight), freeze_temperature=args.freeze_temperature,
         eval_every=args.eval_every if variant in CURVE_VARIANTS else 0,
         output_dir=os.path.join(args.model_dir, "trainer_tmp", f"{variant}_{seed}"),
     )
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = runs_dir / f"{v}_seed{s}.json"
         if path.is_file():
             run = json.loads(path.read_text(encoding="utf-8"))
-            if run.get("max_steps") == args.max_steps:
+            if run.get("max_steps") == args.max_steps and run.get("settings") == _settings_key(args):
                 runs.append(run)
     done = {(r["variant"], r["seed"]) for r in runs}
     jobs = [] if args.report_only else [(v, s) for s in seeds for v in variants if (v, s) not in done]
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(asdict(args),)) as pool:
             futures = [pool.submit(_run, v, s) for v, s in jobs]
             for future in tqdm(as_completed(futures), total=len(futures), desc="ablation runs"):
-                run = {**future.result(), "max_steps": args.max_steps}
+                run = {**future.result(), "max_steps": args.max_steps, "settings": _settings_key(args)}
                 write_json_atomically(runs_dir / f"{run['variant']}_seed{run['seed']}.json", run, indent=1)
                 runs.append(run)
     wall = time.perf_counter() - start
@@ -174,6 +186,14 @@ def main(argv: list[str] | None = None) -> dict:
         _plot(report, out / "ablation_csmcir_efficiency.png")
     _write_markdown(args, report, out / "ablation_csmcir.md")
     return report
+
+
+def _settings_key(args: AblationArguments) -> dict:
+    """The arguments a finished run depends on (besides variant and seed): a kept run is reused only when they match."""
+    keys = ("num_images", "image_size", "batch_size", "learning_rate", "hidden_size", "num_layers", "bank_size",
+            "bank_k_min", "bank_k_max", "bank_start_step", "bank_max_age", "bank_age_decay", "bank_weight",
+            "freeze_temperature")
+    return {k: getattr(args, k) for k in keys}
 
 
 def _summarise(args: AblationArguments, runs: list[dict], variants: list[str], seeds: list[int], wall: float) -> dict:
@@ -244,7 +264,8 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
         f"{args.num_layers} layers, 8 query tokens, 64-d embeddings; the tiny ViT trains too). Training: "
         f"`CSMCIRTrainer`, {args.max_steps} steps, batch {args.batch_size}, AdamW lr {args.learning_rate} (warm-up 30, "
         f"cosine), bank size {args.bank_size}, k_min {args.bank_k_min}, k_max {args.bank_k_max}, bank from step "
-        f"{args.bank_start_step}, age decay {args.bank_age_decay:g}, max age {args.bank_max_age}. Seeds requested: {args.seeds} (model init and data order); the table's `seeds` column says which finished.",
+        f"{args.bank_start_step}, age decay {args.bank_age_decay:g}, max age {args.bank_max_age}, bank weight {args.bank_weight:g} "
+        f"(`bank_unweighted`: 1), temperature {'frozen at 0.07' if args.freeze_temperature else 'learned'}. Seeds requested: {args.seeds} (model init and data order); the table's `seeds` column says which finished.",
         "Protocol: CIRR rc2 on `val` — R@K over the gallery with the reference removed; Rs@1 within the img_set "
         "(5 candidates, chance 20%). Mean ± sample std over seeds, in %.",
         "",
