@@ -233,7 +233,8 @@ def train_cached(
     settings: CachedRunSettings,
 ) -> tuple[CSMCIRModel, dict[str, Any]]:
     """Train a fresh `CSMCIRModel` (weights drawn with `settings.seed`) with
-    `CSMCIRTrainer` on cached features. Returns the model and ``{"train_seconds", "final_loss", "curve"}``;
+    `CSMCIRTrainer` on cached features. Returns the model and ``{"train_seconds", "final_loss", "curve",
+    "log_history"}`` (the trainer's training-loss log lines, with the bank's numbers);
     the curve holds val metrics every `settings.eval_every` steps (empty when 0 or without `val`).
     The learning rate follows linear warm-up then cosine decay to 0 over `max_steps`."""
     torch.manual_seed(settings.seed)
