@@ -119,8 +119,8 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
 
         L = -1/B Σ_i log( exp(s_ii) / (Σ_j m_ij exp(s_ij) + Σ_{m ∈ K_i} w_m exp(logit_scale · q_i·e_m)) )
 
-    with K_i the bank entries the strategy selects for query i and w_m = bank_weight · exp(-age_m / bank_age_decay). Evaluation uses the plain
-    in-batch loss, so eval losses compare across strategies and do not depend on the bank's state.
+    with K_i the bank entries the strategy selects for query i and w_m = bank_weight · exp(-age_m / bank_age_decay).
+    Evaluation uses the plain in-batch loss, so eval losses compare across strategies and do not depend on the bank's state.
 
     Args:
         target_lookup: ``ids -> inputs of get_target_features``; required when ``bank_refresh_every > 0`` (the
