@@ -156,5 +156,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run_conversion(args)
 
 
+def console_main() -> None:
+    """Entry point of the ``csmcir-convert`` console script: `main` returns its result to Python callers, and a console
+    script would hand that object to ``sys.exit`` (exit status 1), so this wrapper discards it."""
+    main()
+
+
 if __name__ == "__main__":
     main()

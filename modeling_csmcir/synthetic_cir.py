@@ -448,5 +448,11 @@ def main(argv: list[str] | None = None) -> Path:
     return generate_synthetic_cir(config)
 
 
+def console_main() -> None:
+    """Entry point of the ``csmcir-synth`` console script: `main` returns its result to Python callers, and a console
+    script would hand that object to ``sys.exit`` (exit status 1), so this wrapper discards it."""
+    main()
+
+
 if __name__ == "__main__":
     main()
