@@ -41,7 +41,7 @@ class DemoBudget:
     shown: int
 
 
-FULL = DemoBudget(cir_images=3000, cir_steps=600, cir_batch_size=32, products=600, mmaps_epochs=20, shown=5)
+FULL = DemoBudget(cir_images=3000, cir_steps=1500, cir_batch_size=32, products=600, mmaps_epochs=20, shown=5)
 QUICK = DemoBudget(cir_images=360, cir_steps=30, cir_batch_size=16, products=120, mmaps_epochs=1, shown=3)
 
 
@@ -80,10 +80,12 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
         "--learning_rate", "1e-3", "--warmup_steps", "0.05", "--weight_decay", "0.05", "--lr_scheduler_type", "cosine",
         # From-scratch learning rates move a raw temperature to its clamp within tens of steps: keep it at 0.07.
         "--freeze_temperature", "true",
-        # XBM-style warm-up: the bank serves negatives once the embeddings have stopped moving fast.
-        "--bank_strategy", "entropy", "--bank_size", "2048", "--bank_k_min", "8", "--bank_k_max", "128",
-        "--bank_start_step", str(budget.cir_steps // 3), "--bank_max_age", str(budget.cir_steps // 2),
-        "--bank_age_decay", str(budget.cir_steps // 4),
+        # XBM-style warm-up, then a short-lived, down-weighted bank: each bank negative counts as 0.1 of one,
+        # entries older than 8 steps are evicted. At full weight the bank's detached negatives take over the
+        # softmax and the shared tower collapses (benchmarks/results/csmcir_bank_diagnosis.md).
+        "--bank_strategy", "entropy", "--bank_size", "512", "--bank_k_min", "4", "--bank_k_max", "16",
+        "--bank_weight", "0.1", "--bank_start_step", str(budget.cir_steps // 6), "--bank_max_age", "8",
+        "--bank_age_decay", "4",
         *_common_training_flags(model_dir, seed),
     ])
 
