@@ -29,9 +29,7 @@ from modeling_csmcir.trainer_csmcir import MEMORY_BANK_NAME, CSMCIRTrainer, CSMC
 REPO = Path(__file__).resolve().parents[1]
 NUM_TARGETS = 16
 # Val Recall@10 points a 200-step run must gain over the untrained model (300 val queries, 360 gallery images).
-# fifo gets a lower bar on purpose: serving every entry (XBM-style) measurably slows early learning at this budget
-# (measured +3.0 points against +5 or more for the selective strategies); see the README's memory bank section.
-MARGIN_R10 = {"none": 5.0, "fifo": 2.0, "hard": 5.0, "entropy": 5.0}
+MARGIN_R10 = 5.0
 
 
 class ToyCIRDataset(torch.utils.data.Dataset):
@@ -392,14 +390,15 @@ def test_short_training_improves_val_recall_on_the_synthetic_benchmark(strategy,
     args = build_args(
         tmp_path, 200, per_device_train_batch_size=32, learning_rate=2e-3, warmup_steps=0.1,
         lr_scheduler_type="cosine", save_strategy="no", logging_steps=50, bank_strategy=strategy, bank_size=512,
-        bank_k_min=4, bank_k_max=32, bank_age_decay=20.0, bank_max_age=20, bank_start_step=100,
+        # the soft, short-lived bank of benchmarks/results/csmcir_bank_diagnosis.md (at weight 1 fifo barely learns)
+        bank_k_min=4, bank_k_max=16, bank_weight=0.1, bank_age_decay=4.0, bank_max_age=8, bank_start_step=100,
         bank_refresh_every=0, freeze_temperature=True,
     )
     CSMCIRTrainer(model=model, args=args, train_dataset=rows).train()
     after = val_recall(model, processor, val)
     print(f"[{strategy}] val R@10 {before['recall_at_10']:.1f} -> {after['recall_at_10']:.1f}, "
           f"R@50 {before['recall_at_50']:.1f} -> {after['recall_at_50']:.1f}")
-    assert after["recall_at_10"] >= before["recall_at_10"] + MARGIN_R10[strategy], (strategy, before, after)
+    assert after["recall_at_10"] >= before["recall_at_10"] + MARGIN_R10, (strategy, before, after)
 
 
 def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
