@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +64,11 @@ def _load_or_train(path: str | None, use_captions: bool, args: VisualizeArgument
         return CSMCIRModel.from_pretrained(path).eval()
     logger.warning(f"training the {'full' if use_captions else 'asymmetric'} model on the fly ({args.train_steps} steps)")
     config = small_csmcir_config(len(processor.tokenizer), image_size=args.image_size)
-    settings = CachedRunSettings(use_target_captions=use_captions, seed=args.seed, max_steps=args.train_steps,
-                                 batch_size=min(32, len(train)),
-                                 output_dir=os.path.join("outputs", "visualize_tmp"))
-    model, _ = train_cached(config, train, None, settings)
+    # The Trainer needs an output folder; nothing from this throwaway run is kept.
+    with tempfile.TemporaryDirectory(prefix="csmcir-visualize-") as scratch:
+        settings = CachedRunSettings(use_target_captions=use_captions, seed=args.seed, max_steps=args.train_steps,
+                                     batch_size=min(32, len(train)), output_dir=scratch)
+        model, _ = train_cached(config, train, None, settings)
     return model
 
 
