@@ -253,8 +253,11 @@ class MMAPSVisualEncoder(nn.Module):
         if self.backbone is not None:
             features = self.backbone(pixel_values=pixel_values).last_hidden_state
             return self.feature_projection(features), features.detach()
+        # Pre-extracted features arrive in float32; a half-precision model needs them in its own dtype.
+        dtype = next(self.feature_projection.parameters()).dtype
+        visual_features, visual_boxes = visual_features.to(dtype), visual_boxes.to(dtype)
         area = ((visual_boxes[..., 2] - visual_boxes[..., 0]) * (visual_boxes[..., 3] - visual_boxes[..., 1]))
-        boxes = torch.cat([visual_boxes, area.unsqueeze(-1)], dim=-1).to(visual_features.dtype)
+        boxes = torch.cat([visual_boxes, area.unsqueeze(-1)], dim=-1)
         return self.feature_projection(visual_features) + self.box_projection(boxes), visual_features
 
     def encode(self, region_embeds: torch.Tensor, region_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

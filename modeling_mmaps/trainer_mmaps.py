@@ -56,6 +56,9 @@ class MMAPSTrainingArguments(Seq2SeqTrainingArguments):
     def __post_init__(self) -> None:
         if self.summary_language not in ("zh", "en"):
             raise ValueError(f"summary_language: expected 'zh' or 'en', got {self.summary_language!r}")
+        if not self.predict_with_generate and self.metric_for_best_model == "rouge2":
+            # ROUGE needs generated summaries; without them the Trainer would fail at the first evaluation.
+            self.metric_for_best_model = None
         super().__post_init__()
 
 

@@ -140,6 +140,8 @@ class ComposedImageRetrievalPipeline(Pipeline):
         self._gallery_cache: dict[str, Any] = {}
         self._model_identity: dict[str, Any] | None = None
         super().__init__(*args, **kwargs)
+        # A model handed over from training may still be in train mode, where dropout would randomise embeddings.
+        self.model.eval()
         if self.processor is None:
             raise ValueError(
                 f"The {TASK} pipeline needs a processor (image processor + tokenizer), e.g. CSMCIRProcessor; "

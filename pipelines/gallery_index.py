@@ -101,8 +101,10 @@ def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) ->
         digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
         if flat.numel() == 0 or not (flat.is_floating_point() or flat.dtype in (torch.int32, torch.int64)):
             continue
-        positions = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples_per_tensor), device=flat.device)
-        sample = flat[positions.round().long()].float().cpu().numpy()
+        # Integer arithmetic: float32 linspace rounds the last position past the end for tensors over 2^24 elements.
+        count = min(flat.numel(), samples_per_tensor)
+        positions = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
+        sample = flat[positions].float().cpu().numpy()
         digest.update(sample.tobytes())
     return digest.hexdigest()[:16]
 
@@ -422,7 +424,7 @@ class GalleryIndex:
             else:
                 merged_scores = torch.cat([best_scores, block_scores], dim=1)
                 merged_positions = torch.cat([best_positions, block_positions], dim=1)
-                best_scores, order = merged_scores.topk(top_k, dim=1)
+                best_scores, order = merged_scores.topk(min(top_k, merged_scores.shape[1]), dim=1)
                 best_positions = merged_positions.gather(1, order)
         return best_scores, best_positions
 

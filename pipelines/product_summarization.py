@@ -100,7 +100,9 @@ class ProductSummarizationPipeline(Pipeline):
             if "pixel_values" not in encoded:
                 # A product without an image still gets a (zero) pixel tensor, so every item has the same keys and
                 # batching works; image_mask = 0 makes the model ignore it.
-                size = self.processor.image_processor.crop_size
+                image_processor = self.processor.image_processor
+                # CLIP processors crop; SigLIP / ViT ones only resize (their crop_size is None).
+                size = getattr(image_processor, "crop_size", None) or image_processor.size
                 encoded["pixel_values"] = torch.zeros(1, 3, size["height"], size["width"])
         elif has_regions:
             encoded = self.processor(
@@ -111,6 +113,13 @@ class ProductSummarizationPipeline(Pipeline):
         else:
             encoded = self.processor(text=[text], return_tensors="pt")
             encoded["image_mask"] = torch.zeros(1, dtype=torch.long)
+            if getattr(self.model.config, "use_visual", False):
+                # One masked zero region, so a batch mixing products with and without regions has the same keys;
+                # image_mask = 0 and the region mask keep the model from reading it.
+                feature_dim = self.model.config.visual_feature_dim
+                encoded["visual_features"] = torch.zeros(1, 1, feature_dim)
+                encoded["visual_boxes"] = torch.zeros(1, 1, 4)
+                encoded["visual_attention_mask"] = torch.zeros(1, 1, dtype=torch.long)
         return dict(encoded)
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -283,3 +283,21 @@ def test_hub_files_do_not_require_faiss_or_the_package():
         assert set(get_imports(module.__file__)) <= allowed, get_imports(module.__file__)
     assert get_relative_imports(composed_image_retrieval.__file__) == ["gallery_index"]
     assert get_relative_imports(gallery_module.__file__) == []
+
+
+def test_weights_fingerprint_works_for_tensors_beyond_float32_exact_integers():
+    # 30522 x 768 (BERT-uncased word embeddings, BLIP-2's Q-Former vocabulary) has more than 2^24 elements.
+    model = torch.nn.Embedding(30522, 768)
+    first = weights_fingerprint(model)
+    with torch.no_grad():
+        model.weight[-1, -1] += 1.0  # the last element is among the sampled positions
+    assert weights_fingerprint(model) != first
+
+
+def test_search_with_top_k_above_the_block_height_is_exact(monkeypatch):
+    monkeypatch.setattr(gallery_module, "_SCORE_BLOCK_ELEMENTS", 1)  # 1024-row blocks, fewer rows than top_k
+    gallery, queries = _normalised(3000, 8, seed=3), torch.randn(2, 8)
+    result = GalleryIndex(gallery).search(queries, top_k=2500)
+    expected_scores, _ = _brute_force(gallery, queries, 2500)
+    assert result.positions.shape == (2, 2500)
+    torch.testing.assert_close(result.scores, expected_scores, rtol=0, atol=1e-5)

@@ -163,3 +163,12 @@ def test_tiny_model_beats_lead_baseline_fast(tmp_path):
 @pytest.mark.slow
 def test_tiny_model_beats_lead_and_uses_image_only_attributes(tmp_path):
     _learning_check(tmp_path, num_products=300, steps=800, check_images=True)
+
+
+def test_model_selection_on_rouge2_is_dropped_when_evaluation_does_not_generate(tmp_path):
+    from modeling_mmaps import MMAPSTrainingArguments
+
+    generating = MMAPSTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    plain = MMAPSTrainingArguments(output_dir=str(tmp_path), report_to="none", predict_with_generate=False)
+    assert generating.metric_for_best_model == "rouge2"
+    assert plain.metric_for_best_model is None  # ROUGE-2 would never be computed: the first evaluation would fail

@@ -147,3 +147,28 @@ def test_saved_pipeline_reloads_in_a_clean_process(summarizer, saved_model, tmp_
     assert [a["attribute"] for a in child["out"][0]["attributes"]] == [a["attribute"] for a in expected[0]["attributes"]]
     json.dumps(child)
     assert os.path.isfile(folder / "config.json")
+
+
+def test_a_batch_mixing_products_with_and_without_regions_equals_single_calls_and_runs_in_bfloat16(tmp_path):
+    import numpy as np
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    model = MMAPSForConditionalGeneration(MMAPSConfig.tiny()).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # an untrained model's fusion starts closed: make images matter
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save_pretrained(tmp_path)
+    MMAPSProcessor.tiny().save_pretrained(tmp_path)
+    summarizer = pipeline("product-summarization", model=str(tmp_path), trust_remote_code=True)
+    with_regions = {"text": "红色棉质T恤，舒适透气", "visual_features": np.random.rand(3, 16).astype("float32"),
+                    "visual_boxes": np.array([[0, 0, 0.5, 0.5]] * 3, dtype="float32")}
+    text_only = {"text": "蓝色羊毛大衣，保暖"}
+    settings = dict(num_beams=2, max_new_tokens=8)
+    batched = summarizer([with_regions, text_only], batch_size=2, **settings)
+    single = [summarizer(item, **settings) for item in (with_regions, text_only)]
+    assert [b[0]["summary_text"] for b in batched] == [s[0]["summary_text"] for s in single]
+
+    half = MMAPSForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    in_bf16 = pipeline("product-summarization", model=half, processor=summarizer.processor)
+    assert isinstance(in_bf16(with_regions, **settings)[0]["summary_text"], str)
