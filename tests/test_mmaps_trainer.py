@@ -166,8 +166,6 @@ def test_tiny_model_beats_lead_and_uses_image_only_attributes(tmp_path):
 
 
 def test_model_selection_on_rouge2_is_dropped_when_evaluation_does_not_generate(tmp_path):
-    from modeling_mmaps import MMAPSTrainingArguments
-
     generating = MMAPSTrainingArguments(output_dir=str(tmp_path), report_to="none")
     plain = MMAPSTrainingArguments(output_dir=str(tmp_path), report_to="none", predict_with_generate=False)
     assert generating.metric_for_best_model == "rouge2"
