@@ -526,8 +526,7 @@ class GalleryIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write the index into folder `path` (created if needed); each file is written atomically.
 
-        The JSON file is removed first and written last, so a folder whose JSON is present always has matching
-        embeddings, also when an existing index is overwritten.
+        The JSON file is written last, so a folder whose JSON is present always has matching embeddings.
         """
         path = os.fspath(path)
         if os.path.isfile(path):
@@ -548,11 +547,6 @@ class GalleryIndex:
         except TypeError as error:
             raise ValueError(f"GalleryIndex.save: ids and metadata must be JSON-serialisable ({error})") from error
         embeddings = self.embeddings.detach().cpu().contiguous()
-        index_file = os.path.join(path, INDEX_FILE)
-        if os.path.exists(index_file):
-            # Re-saving over an index: drop the old JSON first, so a crash before the new JSON lands leaves a folder
-            # that refuses to load instead of old ids beside new embeddings.
-            os.remove(index_file)
         _atomic_write(
             os.path.join(path, EMBEDDINGS_FILE),
             lambda tmp: save_file({"embeddings": embeddings}, tmp, metadata={"format": "pt"}),
@@ -568,7 +562,7 @@ class GalleryIndex:
             with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write(text)
 
-        _atomic_write(index_file, write_json)
+        _atomic_write(os.path.join(path, INDEX_FILE), write_json)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", load_faiss: bool = True) -> GalleryIndex:
