@@ -62,14 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     CSMCIRTrainer.__init__ = keep_trainer
     processor = CSMCIRProcessor.tiny(image_size=32)
-    cache = Path("outputs/diag/splits.pt")
-    if cache.exists():
-        train, val = torch.load(cache, weights_only=False)
-    else:
-        data = "outputs/ablation_cir_data"
-        train, val = ct.CachedCIRSplit(data, "train", processor), ct.CachedCIRSplit(data, "val", processor)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save((train, val), cache)
+    # Rebuilt every run rather than pickled: nothing here loads pickles (weights_only=False would execute code).
+    data = "outputs/ablation_cir_data"
+    train, val = ct.CachedCIRSplit(data, "train", processor), ct.CachedCIRSplit(data, "val", processor)
     settings = {**DEFAULTS, "output_dir": f"outputs/diag/tmp_{name}", **overrides}
     start = time.time()
     model, info = ct.train_cached(ct.small_csmcir_config(len(processor.tokenizer), image_size=32), train, val,
