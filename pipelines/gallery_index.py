@@ -88,6 +88,12 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _embeddings_digest(embeddings: torch.Tensor) -> str:
+    """SHA-256 of the stored embedding bytes (CPU, contiguous): ties a JSON record to its embeddings file."""
+    tensor = embeddings.detach().cpu().contiguous()
+    return hashlib.sha256(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"").hexdigest()
+
+
 def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:
     """SHA-256 (first 16 hex digits) over every state-dict tensor's name, shape and an evenly strided sample of values.
 
@@ -526,7 +532,9 @@ class GalleryIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write the index into folder `path` (created if needed); each file is written atomically.
 
-        The JSON file is written last, so a folder whose JSON is present always has matching embeddings.
+        The JSON file is written last and carries a digest of the embeddings, so `load` either gets a matching pair
+        or refuses the folder (a re-save interrupted between the two replacements); a failed save leaves the
+        previous index in place.
         """
         path = os.fspath(path)
         if os.path.isfile(path):
@@ -542,11 +550,14 @@ class GalleryIndex:
             "model_identity": self.model_identity,
             "faiss": self._faiss_config,
         }
+        embeddings = self.embeddings.detach().cpu().contiguous()
+        # The files are replaced one after the other; a digest in the JSON lets `load` refuse a folder where an
+        # interrupted re-save left new embeddings beside the previous JSON.
+        record["embeddings_sha256"] = _embeddings_digest(embeddings)
         try:
             text = json.dumps(record, ensure_ascii=False)
         except TypeError as error:
             raise ValueError(f"GalleryIndex.save: ids and metadata must be JSON-serialisable ({error})") from error
-        embeddings = self.embeddings.detach().cpu().contiguous()
         _atomic_write(
             os.path.join(path, EMBEDDINGS_FILE),
             lambda tmp: save_file({"embeddings": embeddings}, tmp, metadata={"format": "pt"}),
@@ -587,6 +598,11 @@ class GalleryIndex:
         except Exception as error:
             raise ValueError(f"GalleryIndex.load: cannot read {embeddings_path!r} ({error})") from error
         expected = (record["num_items"], record["embed_dim"])
+        if "embeddings_sha256" in record and _embeddings_digest(embeddings) != record["embeddings_sha256"]:
+            raise ValueError(
+                f"GalleryIndex.load: {embeddings_path!r} does not match {index_path!r} (different digest): the two "
+                "files come from different saves, e.g. an interrupted re-save; save the index again"
+            )
         if tuple(embeddings.shape) != expected:
             raise ValueError(
                 f"GalleryIndex.load: {embeddings_path!r} holds shape {tuple(embeddings.shape)} but {index_path!r} "

@@ -301,3 +301,12 @@ def test_search_with_top_k_above_the_block_height_is_exact(monkeypatch):
     expected_scores, _ = _brute_force(gallery, queries, 2500)
     assert result.positions.shape == (2, 2500)
     torch.testing.assert_close(result.scores, expected_scores, rtol=0, atol=1e-5)
+
+
+def test_load_refuses_embeddings_from_another_save_of_the_same_shape(tmp_path):
+    GalleryIndex(_normalised(3, 4, seed=0), ids=["a", "b", "c"]).save(tmp_path / "first")
+    GalleryIndex(_normalised(3, 4, seed=1), ids=["x", "y", "z"]).save(tmp_path / "second")
+    # what a re-save interrupted between replacing the embeddings and replacing the JSON leaves behind
+    os.replace(tmp_path / "second" / "gallery_embeddings.safetensors", tmp_path / "first" / "gallery_embeddings.safetensors")
+    with pytest.raises(ValueError, match="come from different saves"):
+        GalleryIndex.load(tmp_path / "first")
