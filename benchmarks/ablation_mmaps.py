@@ -19,7 +19,6 @@ Writes ``benchmarks/results/ablation_mmaps.{md,json}``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
@@ -123,7 +122,7 @@ KEYS = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("b
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(MMAPSAblationArguments).parse_args_into_dataclasses(args=argv)
     from modeling_csmcir.cached_training import mean_std
-    from modeling_csmcir.submissions import write_json_atomically
+    from modeling_csmcir.atomic_files import write_json_atomically
     from modeling_mmaps.synthetic_products import generate_synthetic_products
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -27,7 +27,7 @@ from typing import Any, Union
 
 from transformers.utils import logging
 
-from .submissions import write_json_atomically
+from .atomic_files import write_json_atomically
 
 
 logger = logging.get_logger(__name__)

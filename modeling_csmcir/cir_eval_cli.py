@@ -20,6 +20,7 @@ import torch
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
+from .atomic_files import write_json_atomically
 from .cir_datasets import BENCHMARKS, FASHIONIQ_CATEGORIES, load_cir_dataset
 from .cir_evaluation import GalleryFeatureCache, evaluate_cir
 from .cir_metrics import fashioniq_average
@@ -28,7 +29,6 @@ from .submissions import (
     build_cirr_submissions,
     write_circo_submission,
     write_cirr_submissions,
-    write_json_atomically,
 )
 
 

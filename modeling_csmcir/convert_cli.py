@@ -29,7 +29,7 @@ from .bert_seeding import find_minilm_model_dir
 from .configuration_csmcir import CSMCIRConfig
 from .lavis_conversion import convert_lavis_checkpoint
 from .processing_csmcir import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CSMCIRProcessor
-from .submissions import write_json_atomically
+from .atomic_files import write_json_atomically
 
 logger = logging.get_logger(__name__)
 

@@ -11,15 +11,14 @@ so a failure never leaves a partial or half-updated pair of files behind.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
 
+from .atomic_files import write_json_atomically
 from .cir_metrics import rank_gallery, subset_rankings
 
 
@@ -29,29 +28,6 @@ CIRR_VERSION = "rc2"
 CIRR_RECALL_TOP_K = 50
 CIRR_SUBSET_TOP_K = 3
 CIRCO_TOP_K = 50
-
-
-def write_json_atomically(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
-    """Serialise ``obj`` to a temporary file beside ``path`` and ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(obj, indent=indent, ensure_ascii=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file owner-only (0600); give it the permissions an ordinary write would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _check_ranked_list(where: str, ids: Any, length: int) -> None:

@@ -36,7 +36,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from .captions import make_caption_entry, save_caption_file
-from .submissions import write_json_atomically
+from .atomic_files import write_json_atomically
 
 
 logger = logging.get_logger(__name__)

@@ -23,6 +23,7 @@ import torch
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
+from .atomic_files import write_json_atomically
 from .cir_collator import CIRCollator, CIRGalleryCollator
 from .cir_datasets import BENCHMARKS, load_cir_dataset
 from .cir_evaluation import evaluate_cir
@@ -217,10 +218,7 @@ def run_training(data_args: CSMCIRDataArguments, training_args: CSMCIRTrainingAr
     if evaluation is not None:
         report["after"] = retrieval_metrics()
         if trainer.is_world_process_zero():
-            path = Path(training_args.output_dir) / "retrieval_metrics.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(report, indent=2, default=str))
-            os.replace(tmp, path)
+            write_json_atomically(Path(training_args.output_dir) / "retrieval_metrics.json", report, indent=2, default=str)
         logger.info(f"retrieval before: {report['before']}\nretrieval after: {report['after']}")
     return report
 

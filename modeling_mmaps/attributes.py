@@ -24,11 +24,12 @@ import collections
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from transformers.utils import logging
+
+from modeling_csmcir.atomic_files import write_json_atomically
 
 logger = logging.get_logger(__name__)
 
@@ -147,17 +148,7 @@ def save_attribute_vocabulary(
     if len(set(words)) != len(words):
         raise ValueError("attribute vocabulary: expected unique words, got duplicates")
     payload = {"attribute_vocabulary": words, "per_category": {k: list(v) for k, v in (per_category or {}).items()}}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".attribute_vocabulary.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json_atomically(path, payload, indent=1)
     return path
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import HfArgumentParser
 from transformers.utils import logging
+
+from modeling_csmcir.atomic_files import write_json_atomically, write_text_atomically
 
 from .attributes import check_vocabulary_matches_model
 from .cepsum_data import MMAPSDataCollator, load_cepsum_split
@@ -50,19 +51,6 @@ class EvalArguments:
     batch_size: int = field(default=16, metadata={"help": "Products per generation batch."})
     trust_remote_code: bool = field(default=True, metadata={"help": "Allow the saved folder's own code."})
     use_cpu: bool = field(default=False, metadata={"help": "Stay on CPU even if a GPU is present."})
-
-
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def generate_summaries(model: Any, processor: Any, dataset: Any, visual_input: str, *, batch_size: int = 16,
@@ -138,8 +126,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         json.dumps({"sku": s, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
         for s, p, r in zip(dataset["sku"], predictions, references)
     )
-    _atomic_write(os.path.join(args.output_dir, "predictions.jsonl"), lines)
-    _atomic_write(os.path.join(args.output_dir, "metrics.json"), json.dumps(metrics, ensure_ascii=False, indent=2))
+    write_text_atomically(os.path.join(args.output_dir, "predictions.jsonl"), lines)
+    write_json_atomically(os.path.join(args.output_dir, "metrics.json"), metrics, indent=2)
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)}, ensure_ascii=False))
     return metrics
 

@@ -15,13 +15,14 @@ one; it must match the model's attribute head. The model, processor (with its vo
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
+
+from modeling_csmcir.atomic_files import write_json_atomically
 
 from .attributes import (
     build_attribute_vocabulary,
@@ -142,13 +143,6 @@ def load_model(model_args: ModelArguments, data_args: DataArguments, train_datas
     return model, processor
 
 
-def _write_json(path: str, payload: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse the flags, train, evaluate on the dev split, save; returns the eval metrics."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MMAPSTrainingArguments))
@@ -188,11 +182,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.save_model()
     processor.save_pretrained(training_args.output_dir)
     os.makedirs(training_args.output_dir, exist_ok=True)
-    _write_json(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics)
+    write_json_atomically(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics, indent=2)
     metrics: dict[str, Any] = {}
     if evaluation is not None:
         metrics = trainer.evaluate()
-        _write_json(os.path.join(training_args.output_dir, "eval_results.json"), metrics)
+        write_json_atomically(os.path.join(training_args.output_dir, "eval_results.json"), metrics, indent=2)
     logger.info("mmaps-train finished: %s", metrics)
     return metrics
 

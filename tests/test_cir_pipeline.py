@@ -14,7 +14,7 @@ from transformers import AutoModel, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor
-from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, ComposedImageRetrievalPipeline, GalleryIndex
+from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, ComposedImageRetrievalPipeline
 from tests.hub_isolation import run_isolated
 
 TEXTS = ["make it red", "add a blue circle on the left", "remove the stripes", "make the square bigger", "darker"]

@@ -8,7 +8,6 @@ kill and torchrun tests start in a child process.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
