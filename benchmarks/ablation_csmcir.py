@@ -40,7 +40,7 @@ from modeling_csmcir.cached_training import (
     CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, quiet_transformers, small_csmcir_config,
     steps_to_reach, train_cached,
 )
-from modeling_csmcir.atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
 from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
 
 

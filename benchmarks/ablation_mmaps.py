@@ -122,7 +122,7 @@ KEYS = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("b
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(MMAPSAblationArguments).parse_args_into_dataclasses(args=argv)
     from modeling_csmcir.cached_training import mean_std
-    from modeling_csmcir.atomic_files import write_json_atomically
+    from hub_cards.atomic_files import write_json_atomically
     from modeling_mmaps.synthetic_products import generate_synthetic_products
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

@@ -34,7 +34,7 @@ from transformers.utils import logging
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor, csmcir_contrastive_loss
 from modeling_csmcir.cir_datasets import load_cirr
 from modeling_csmcir.cir_metrics import cirr_metrics
-from modeling_csmcir.atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
 from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
 
 
