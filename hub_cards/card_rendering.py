@@ -1,4 +1,4 @@
-"""Shared machinery of the model cards: metric names, ``model-index`` entries, template rendering, atomic writes.
+"""Shared machinery of the model cards: metric names, ``model-index`` entries, template rendering, saving.
 
 A card is ``ModelCard.from_template(ModelCardData(...), template_path=<package template>, **context)``: the YAML
 header comes from ``ModelCardData`` (``eval_results`` become the ``model-index``), the body from a Jinja template
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
-from .metrics_file import EvaluationReport, parse_metrics, read_metrics_file
-from .training_settings import TRAINER_STATE_NAME, read_training_settings
+from .atomic_files import write_text_atomically
+from .metrics_report import EvaluationReport, parse_metrics, read_metrics_report
+from .training_settings import TRAINER_STATE_NAME, TRAINING_ARGS_NAME, read_training_settings
 
 logger = logging.get_logger(__name__)
 
@@ -60,7 +60,7 @@ def as_report(metrics: Any) -> EvaluationReport | None:
     if metrics is None or isinstance(metrics, EvaluationReport):
         return metrics
     if isinstance(metrics, (str, os.PathLike)):
-        return read_metrics_file(metrics)
+        return read_metrics_report(metrics)
     return parse_metrics(metrics)
 
 
@@ -118,14 +118,16 @@ def gather_card_inputs(
     output_dir: str | os.PathLike, metrics: Any, training_args: Any, trainer_state: Any,
     dataset_name: str | None, repo_id: str | None,
 ) -> CardInputs:
-    """Read the results (:func:`as_report`), the saved ``config.json``, the training settings (``trainer_state``
-    defaults to ``output_dir/trainer_state.json`` when that exists), the dataset (an explicit ``dataset_name`` wins
+    """Read the results (:func:`as_report`), the saved ``config.json``, the training settings (``training_args`` and
+    ``trainer_state`` default to ``output_dir/training_args.json`` and ``output_dir/trainer_state.json`` when they exist), the dataset (an explicit ``dataset_name`` wins
     over the results file's benchmark name: a synthetic set in the CIRR layout is scored by the CIRR protocol but is
     not CIRR) and the repo id (default ``your-username/<folder name>``)."""
     report = as_report(metrics)
-    state_file = Path(output_dir) / TRAINER_STATE_NAME
+    state_file, args_file = Path(output_dir) / TRAINER_STATE_NAME, Path(output_dir) / TRAINING_ARGS_NAME
     if trainer_state is None and state_file.is_file():
         trainer_state = state_file
+    if training_args is None and args_file.is_file():
+        training_args = args_file
     dataset = dataset_name or (report.dataset if report and report.dataset else None) or "unknown"
     return CardInputs(
         report=report, config=read_saved_config(output_dir), settings=read_training_settings(training_args, trainer_state),
@@ -184,19 +186,8 @@ def render_card(template_name: str, card_data: ModelCardData, **context: Any) ->
 
 
 def save_card(card: ModelCard, output_dir: str | os.PathLike) -> Path:
-    """Write ``card`` to ``output_dir/README.md`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / CARD_NAME
-    handle, tmp = tempfile.mkstemp(dir=output_dir, prefix=".README.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(str(card))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``card`` to ``output_dir/README.md`` atomically (a reader never sees half a card)."""
+    path = write_text_atomically(Path(output_dir) / CARD_NAME, str(card))
     logger.info(f"model card written to {path}")
     return path
 

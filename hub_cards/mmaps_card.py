@@ -6,7 +6,7 @@
 Metadata: ``library_name: transformers``, ``pipeline_tag: summarization`` (an official Hub task, although
 transformers 5 removed the pipeline of that name: ours is ``product-summarization``, carried as a tag).
 Body: ``templates/mmaps_card.md.jinja``. ``MMAPS_PROTOCOLS`` words the two scoring protocols of
-``modeling_mmaps.summarization_metrics`` for results files that do not record theirs (the Trainer's).
+``modeling_mmaps.evaluation.summarization_metrics``, for the MMAPS trainer's ``evaluation_protocol``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,23 @@
-"""The trainers' hook: every saved output of ``CSMCIRTrainer`` / ``MMAPSTrainer`` carries its Hub model card.
+"""The trainers' hook: every saved output of a ``Trainer`` carries its Hub model card.
 
-``HubCardTrainerMixin`` goes first in a trainer's bases (``class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer)``)
-and overrides two ``Trainer`` methods:
+Two ways in, one card writer (:func:`write_training_card`):
 
-* ``save_model`` — after the weights are saved (final save and every checkpoint), writes ``README.md`` when an
-  evaluation has produced metrics (the latest ``eval_*`` entry of ``state.log_history``); a card without numbers
-  is not written over whatever README the folder has;
-* ``create_model_card`` — called by ``Trainer.push_to_hub``: writes our card instead of the generic draft, so
-  what is pushed carries the measured numbers, their protocol and the usage snippet.
+* ``HubCardTrainerMixin`` goes first in a trainer's bases (``class CSMCIRTrainer(HubCardTrainerMixin, Trainer)``)
+  and overrides two ``Trainer`` methods:
 
-Card options that the Trainer cannot know (the dataset's name, the repo id for the snippet) are read from the
-trainer's ``hub_card_kwargs`` dict attribute when set, e.g. ``trainer.hub_card_kwargs = {"dataset_name": "cirr"}``.
+  * ``save_model`` — after the weights are saved (final save and every checkpoint), writes ``training_args.json``
+    (a card written later for the folder reports them) and, once an evaluation has produced metrics (the latest
+    ``eval_*`` entry of ``state.log_history``), ``README.md``; a card without numbers is not written over whatever
+    README the folder has;
+  * ``create_model_card`` — called by ``Trainer.push_to_hub``: writes our card instead of the generic draft, so
+    what is pushed carries the measured numbers, their protocol and the usage snippet.
+
+  It reads two public attributes of the trainer: ``evaluation_protocol`` (``str | None``: how the trainer's
+  evaluation computes its metrics; each package's trainer sets it) and ``hub_card_kwargs`` (``dict``: card options
+  the Trainer cannot know, e.g. ``{"dataset_name": "cirr"}`` or the repo id for the snippet).
+
+* ``ModelCardCallback`` does the same for a plain ``Trainer`` (``callbacks=[ModelCardCallback(protocol, ...)]``):
+  on every checkpoint save it writes the card into the checkpoint folder, once an evaluation has produced metrics.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .csmcir_card import write_csmcir_card
-from .metrics_file import parse_metrics
-from .mmaps_card import MMAPS_PROTOCOLS, write_mmaps_card
-from .training_settings import latest_eval_metrics
+from .metrics_report import parse_metrics
+from .mmaps_card import write_mmaps_card
+from .training_settings import latest_eval_metrics, save_training_arguments
 
 logger = logging.get_logger(__name__)
 
@@ -33,70 +42,86 @@ CARD_WRITERS = {"csmcir": write_csmcir_card, "mmaps": write_mmaps_card}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def _evaluation_protocol(trainer: Any) -> str | None:
-    """Name the protocol behind the trainer's eval metrics: the CIR evaluator's benchmark protocol, or MMAPS's
-    default CEPSUM / English scoring; otherwise the ``compute_metrics`` function that produced them."""
-    evaluator = getattr(trainer.compute_metrics, "__self__", None)
-    benchmark = getattr(evaluator, "benchmark", None)
-    if benchmark is not None:
-        from modeling_csmcir.cir_metrics import PROTOCOLS  # lazy: hub_cards must import without the models
-
-        return PROTOCOLS.get(benchmark, benchmark)
-    if getattr(trainer, "_default_metrics", False):  # MMAPSTrainer scoring with its built-in metrics
-        return MMAPS_PROTOCOLS.get(getattr(trainer.args, "summary_language", "zh"))
-    if trainer.compute_metrics is not None:
-        return f"Trainer.evaluate on the evaluation set with compute_metrics={getattr(trainer.compute_metrics, '__qualname__', trainer.compute_metrics)!r}"
-    return None
-
-
-def _base_model(trainer: Any) -> str | None:
+def _base_model(model: Any) -> str | None:
     """The model's ``_name_or_path`` when it is a Hub id rather than a local folder."""
-    name = getattr(trainer.model.config, "_name_or_path", "") or ""
+    name = getattr(model.config, "_name_or_path", "") or ""
     return name if _HUB_ID.match(name) and not os.path.exists(name) else None
 
 
-def write_trainer_card(trainer: Any, output_dir: str | os.PathLike | None = None, *, require_metrics: bool = False,
-                       **card_kwargs: Any) -> Path | None:
-    """Write the card of ``trainer``'s model into ``output_dir`` (default ``args.output_dir``) on the main process.
+def write_training_card(
+    output_dir: str | os.PathLike, *, model: Any, args: Any, state: Any, evaluation_protocol: str | None = None,
+    require_metrics: bool = False, **card_kwargs: Any,
+) -> Path | None:
+    """Write the card of a model being trained into ``output_dir``, on the process that saves.
 
-    Metrics: the latest evaluation in ``trainer.state.log_history`` (``eval_`` prefix dropped, bookkeeping keys
-    such as runtime left out) with the protocol :func:`_evaluation_protocol` names. Returns the card's path, or
-    ``None`` when this process does not save, or when ``require_metrics`` and no evaluation metric is known.
-    ``card_kwargs`` (over ``trainer.hub_card_kwargs``) go to ``write_csmcir_card`` / ``write_mmaps_card``.
+    Metrics: the latest evaluation in ``state.log_history`` (``eval_`` prefix dropped, bookkeeping keys such as
+    runtime left out) with ``evaluation_protocol``. Returns the card's path, or ``None`` when this process does not
+    save, or when ``require_metrics`` and no evaluation metric is known. ``card_kwargs`` go to
+    ``write_csmcir_card`` / ``write_mmaps_card`` (the writer is chosen by ``model.config.model_type``).
     """
-    if not trainer.args.should_save:
+    if not args.should_save:
         return None
-    model_type = getattr(trainer.model.config, "model_type", None)
+    model_type = getattr(model.config, "model_type", None)
     if model_type not in CARD_WRITERS:
         raise ValueError(f"model.config.model_type: expected one of {sorted(CARD_WRITERS)}, got {model_type!r}")
     report = None
-    entry = latest_eval_metrics(trainer.state.log_history)
+    entry = latest_eval_metrics(state.log_history)
     if entry is not None:
-        protocol = _evaluation_protocol(trainer)
         try:
-            report = parse_metrics({**entry, **({"protocol": protocol} if protocol else {})}, source="trainer evaluation")
+            report = parse_metrics({**entry, **({"protocol": evaluation_protocol} if evaluation_protocol else {})},
+                                   source="trainer evaluation")
         except ValueError:  # an eval pass that logged only its loss and runtime: no quality metric to report
             report = None
     if report is None and require_metrics:
         return None
-    kwargs = {"base_model": _base_model(trainer), **(getattr(trainer, "hub_card_kwargs", None) or {}), **card_kwargs}
-    return CARD_WRITERS[model_type](
-        output_dir or trainer.args.output_dir, metrics=report, training_args=trainer.args, trainer_state=trainer.state,
-        **kwargs,
+    card_kwargs = {"base_model": _base_model(model), **card_kwargs}
+    return CARD_WRITERS[model_type](output_dir, metrics=report, training_args=args, trainer_state=state, **card_kwargs)
+
+
+def trainer_evaluation_protocol(trainer: Any) -> str | None:
+    """``trainer.evaluation_protocol``, else (a user's own ``compute_metrics``) the function that made the numbers."""
+    protocol = getattr(trainer, "evaluation_protocol", None)
+    if protocol:
+        return protocol
+    if trainer.compute_metrics is not None:
+        name = getattr(trainer.compute_metrics, "__qualname__", trainer.compute_metrics)
+        return f"Trainer.evaluate on the evaluation set with compute_metrics={name!r}"
+    return None
+
+
+def write_trainer_card(trainer: Any, output_dir: str | os.PathLike | None = None, *, require_metrics: bool = False,
+                       **card_kwargs: Any) -> Path | None:
+    """:func:`write_training_card` for ``trainer`` into ``output_dir`` (default ``args.output_dir``), with its
+    ``evaluation_protocol`` and ``hub_card_kwargs`` (``card_kwargs`` override the latter)."""
+    return write_training_card(
+        output_dir or trainer.args.output_dir, model=trainer.model, args=trainer.args, state=trainer.state,
+        evaluation_protocol=trainer_evaluation_protocol(trainer), require_metrics=require_metrics,
+        **{**(getattr(trainer, "hub_card_kwargs", None) or {}), **card_kwargs},
     )
+
+
+def _warn_card_failure(output_dir: Any, err: Exception) -> None:
+    logger.warning(f"could not write the model card into {output_dir}: {err}")
 
 
 class HubCardTrainerMixin:
     """Makes a ``Trainer`` subclass write this package's model card (see the module docstring)."""
 
+    evaluation_protocol: str | None = None
+    hub_card_kwargs: dict[str, Any] | None = None
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # Overridden so every saved output (final model and checkpoints) carries its card once metrics exist. A card
         # that fails to render must not lose a training run whose weights are already on disk: warn instead.
+        # The arguments are saved as JSON too, so a card written later for this folder (csmcir-eval, the demo)
+        # still reports the training settings: training_args.bin is a pickle the card does not read.
         super().save_model(output_dir, _internal_call)
         try:
+            if self.args.should_save:
+                save_training_arguments(self.args, output_dir or self.args.output_dir)
             write_trainer_card(self, output_dir, require_metrics=True)
         except Exception as err:  # noqa: BLE001 - see the comment above
-            logger.warning(f"could not write the model card into {output_dir or self.args.output_dir}: {err}")
+            _warn_card_failure(output_dir or self.args.output_dir, err)
 
     def create_model_card(self, language: str | None = None, license: str | None = None, tags: Any = None,
                           model_name: str | None = None, finetuned_from: str | None = None, tasks: Any = None,
@@ -123,4 +148,30 @@ class HubCardTrainerMixin:
         write_trainer_card(self, self.args.output_dir, **kwargs)
 
 
-__all__ = ["HubCardTrainerMixin", "write_trainer_card"]
+class ModelCardCallback(TrainerCallback):
+    """Writes the model card into each checkpoint folder of a plain ``Trainer`` once an evaluation has metrics.
+
+    Args:
+        evaluation_protocol: how the trainer's ``compute_metrics`` measures (stored with every number).
+        card_kwargs: options of ``write_csmcir_card`` / ``write_mmaps_card`` (``dataset_name``, ``repo_id``, ...).
+
+    A trainer built on ``HubCardTrainerMixin`` writes its cards itself and needs no callback.
+    """
+
+    def __init__(self, evaluation_protocol: str | None = None, **card_kwargs: Any) -> None:
+        self.evaluation_protocol = evaluation_protocol
+        self.card_kwargs = card_kwargs
+
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is None:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        try:
+            write_training_card(folder, model=model, args=args, state=state, evaluation_protocol=self.evaluation_protocol,
+                                require_metrics=True, **self.card_kwargs)
+        except Exception as err:  # noqa: BLE001 - a card must not stop a training run whose checkpoint is saved
+            _warn_card_failure(folder, err)
+
+
+__all__ = ["HubCardTrainerMixin", "ModelCardCallback", "trainer_evaluation_protocol", "write_trainer_card",
+           "write_training_card"]

@@ -4,7 +4,9 @@ The card lists what someone reproducing the run needs: optimiser and schedule, b
 seed, precision, and this package's own arguments (the memory bank's ``bank_*`` settings of
 ``CSMCIRTrainingArguments``; MMAPS's decoding ``generation_*`` and ``summary_language``), plus what the run did
 (steps taken, final training loss, best checkpoint metric) from ``trainer_state.json``.
-``training_args.bin`` is a pickle and is not read (it would need ``torch.load(weights_only=False)``).
+``training_args.bin`` is a pickle and is not read (it would need ``torch.load(weights_only=False)``): trainers built on
+``HubCardTrainerMixin`` save their arguments as ``training_args.json`` beside it (:func:`save_training_arguments`),
+so a card written later for that folder still reports them.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
+
+from .atomic_files import write_text_atomically
 
 logger = logging.get_logger(__name__)
 
@@ -26,6 +31,7 @@ TRAINING_ARGUMENT_KEYS = (
 # Package-specific argument families, reported whole: the bank is CSMCIR's third component, decoding defines MMAPS's numbers.
 TRAINING_ARGUMENT_PREFIXES = ("bank_", "generation_")
 TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_ARGS_NAME = "training_args.json"
 
 
 def _arguments_as_dict(training_args: Any) -> dict[str, Any]:
@@ -113,6 +119,11 @@ def read_training_settings(training_args: Any = None, trainer_state: Any = None)
     return settings
 
 
+def save_training_arguments(training_args: Any, output_dir: str | os.PathLike) -> Path:
+    """Write ``training_args.to_json_string()`` (tokens masked by ``TrainingArguments``) to ``output_dir/training_args.json``."""
+    return write_text_atomically(Path(output_dir) / TRAINING_ARGS_NAME, training_args.to_json_string())
+
+
 def latest_eval_metrics(log_history: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     """The most recent evaluation entry of a ``TrainerState.log_history`` (keys ``eval_*``), or ``None``."""
     for entry in reversed(log_history or []):
@@ -121,4 +132,5 @@ def latest_eval_metrics(log_history: list[dict[str, Any]] | None) -> dict[str, A
     return None
 
 
-__all__ = ["TRAINER_STATE_NAME", "latest_eval_metrics", "read_training_settings"]
+__all__ = ["TRAINER_STATE_NAME", "TRAINING_ARGS_NAME", "latest_eval_metrics", "read_training_settings",
+           "save_training_arguments"]
