@@ -10,7 +10,7 @@
 5. Reload each folder through `pipeline(..., trust_remote_code=True)` in a fresh process that cannot import this
    package, and print a few retrievals and summaries.
 
-Usage: `make demo` (about 3–4 minutes on 2 CPU cores; measured 3 min 12 s) or `python -m pipelines.demo [--quick] [--output_dir outputs]`.
+Usage: `make demo` (about 3–4 minutes on 2 CPU cores; measured 3 min 12 s) or `python -m examples.demo [--quick] [--output_dir outputs]`.
 Every step calls the same entry points a user runs, so the demo doubles as an end-to-end check.
 """
 
@@ -61,11 +61,12 @@ def _common_training_flags(output_dir: Path, seed: int) -> list[str]:
 
 def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     """Generate, train, evaluate and publish a tiny CSMCIR; return its metrics and Hub folder."""
-    from hub_cards import write_csmcir_card
-    from modeling_csmcir.cir_eval_cli import main as csmcir_eval
-    from modeling_csmcir.synthetic_cir import main as csmcir_synth
-    from modeling_csmcir.train_cli import main as csmcir_train
     from transformers import pipeline
+
+    from hub_cards import read_metrics_report, write_csmcir_card
+    from modeling_csmcir.cli.eval import main as csmcir_eval
+    from modeling_csmcir.cli.synth import main as csmcir_synth
+    from modeling_csmcir.cli.train import main as csmcir_train
 
     data_dir, model_dir = root / "data" / "synthetic_cir", root / "csmcir-tiny-synthetic"
     captions = data_dir / "target_captions" / "captions.rc2.{split}.json"
@@ -90,17 +91,17 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     ])
 
     _banner("CSMCIR 3/4 — evaluation with the CIRR protocol (reference removed; Recall@K and Recall_subset@K)")
-    evaluation = csmcir_eval([
+    csmcir_eval([
         "--dataset", "cirr", "--data_dir", str(data_dir), "--model_name_or_path", str(model_dir),
         "--split", "val", "--target_captions", str(captions).format(split="val"), "--output_dir", str(model_dir),
     ])
-    metrics = evaluation["metrics"]
 
     _banner("CSMCIR 4/4 — Hub-ready folder: custom pipeline + model card")
     retriever = pipeline("composed-image-retrieval", model=str(model_dir), trust_remote_code=True)
     retriever.save_pretrained(str(model_dir))
-    write_csmcir_card(model_dir, metrics=json.loads((model_dir / "metrics.json").read_text()),
-                      dataset_name="synthetic-cir")
+    # The card reads metrics.json (csmcir-eval) and training_args.json (saved by the trainer) from the folder.
+    write_csmcir_card(model_dir, metrics=model_dir, dataset_name="synthetic-cir")
+    metrics = read_metrics_report(model_dir).values
     return {"folder": model_dir, "data_dir": data_dir, "metrics": metrics, "training": report}
 
 
@@ -134,11 +135,12 @@ print(json.dumps(shown))
 
 def run_mmaps(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     """Generate, train, evaluate and publish a tiny MMAPS; return its metrics and Hub folder."""
-    from hub_cards import write_mmaps_card
-    from modeling_mmaps.eval_cli import main as mmaps_eval
-    from modeling_mmaps.synthetic_products import main as mmaps_synth
-    from modeling_mmaps.train_cli import main as mmaps_train
     from transformers import pipeline
+
+    from hub_cards import read_metrics_report, write_mmaps_card
+    from modeling_mmaps.cli.eval import main as mmaps_eval
+    from modeling_mmaps.cli.synth import main as mmaps_synth
+    from modeling_mmaps.cli.train import main as mmaps_train
 
     data_dir, model_dir = root / "data" / "synthetic_products", root / "mmaps-tiny-synthetic"
 
@@ -154,15 +156,14 @@ def run_mmaps(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
     ])
 
     _banner("MMAPS 3/4 — evaluation with the CEPSUM protocol (character ROUGE over all references, BLEU, attribute F1)")
-    metrics = mmaps_eval(["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--split", "test",
-                          "--output_dir", str(model_dir)])
+    mmaps_eval(["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--split", "test",
+                "--output_dir", str(model_dir)])
 
     _banner("MMAPS 4/4 — Hub-ready folder: custom pipeline + model card")
     summarizer = pipeline("product-summarization", model=str(model_dir), trust_remote_code=True)
     summarizer.save_pretrained(str(model_dir))
-    write_mmaps_card(model_dir, metrics=json.loads((model_dir / "metrics.json").read_text()),
-                     dataset_name="synthetic-products")
-    return {"folder": model_dir, "data_dir": data_dir, "metrics": metrics}
+    write_mmaps_card(model_dir, metrics=model_dir, dataset_name="synthetic-products")
+    return {"folder": model_dir, "data_dir": data_dir, "metrics": read_metrics_report(model_dir).values}
 
 
 _MMAPS_RELOAD = """
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["csmcir", "mmaps"], help="run one system only")
     args = parser.parse_args(argv)
+    from hub_cards.atomic_files import write_json_atomically
     from hub_cards.clean_process import run_in_clean_process
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -242,9 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     _banner(f"Done in {time.perf_counter() - started:.0f} s. Hub-ready folders under {root}")
     for system, metrics in results.items():
-        numbers = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, (int, float))}
-        print(f"  {system}: {json.dumps(numbers)}")
-    (root / "demo_results.json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"  {system}: {json.dumps({k: round(v, 2) for k, v in metrics.items()})}")
+    write_json_atomically(root / "demo_results.json", results, indent=1)
     return results
 
 

@@ -1,0 +1,1 @@
+"""Runnable examples built on both packages: ``python -m examples.demo`` (``make demo``) is the main job."""
