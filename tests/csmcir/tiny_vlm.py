@@ -4,7 +4,7 @@
 2-layer Llama, with a word-level tokenizer built locally (``tokenizers``) and a Jinja chat template, and saves
 it with a ``LlavaProcessor`` so that ``pipeline("image-text-to-text", model=folder)`` loads it with no network.
 ``build_tiny_text_lm`` saves a text-only Llama with a tokenizer and chat template (a model that cannot take
-images). Recipe as in shared/HF_NOTES.md ("A tiny vision-language model offline").
+images).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_csmcir import CSMCIRProcessor
-from modeling_csmcir.cir_collator import CIRCollator, CIRGalleryCollator
-from modeling_csmcir.cir_datasets import (
+from modeling_csmcir.data import (
+    CIRCollator,
+    CIRGalleryCollator,
     fashioniq_eval_caption,
     fashioniq_training_caption_variants,
     load_cir_dataset,
@@ -21,6 +21,7 @@ from modeling_csmcir.cir_datasets import (
     load_fashioniq,
     load_shoes,
 )
+from modeling_csmcir.presets import preset_processor
 
 
 def _image(path: Path, color: tuple[int, int, int]) -> None:
@@ -213,7 +214,7 @@ def test_cirr_entry_missing_keys_is_reported(tmp_path):
 
 @pytest.fixture(scope="module")
 def processor():
-    return CSMCIRProcessor.tiny(image_size=16)
+    return preset_processor("tiny", image_size=16)
 
 
 def test_collator_builds_model_inputs_with_target_captions(tmp_path, processor):

@@ -1,4 +1,4 @@
-"""Collators turning rows of the CIR loaders (``cir_datasets``) into CSMCIR model inputs.
+"""Collators turning rows of the CIR readers (``data.loading``) into CSMCIR model inputs.
 
 :class:`CIRCollator` builds training / query batches::
 

@@ -12,7 +12,7 @@ mapping an image name to either
                      "level_3_attributes": "...", "Final_Caption": "a red sleeveless dress"}}
 
 This module is the single place that knows that format: the data loaders read captions with
-:func:`load_target_captions`, the MCoT captioner (``mcot.py``) and the synthetic scene describer write
+:func:`load_target_captions`, the MCoT captioner (``captioning``) and the synthetic scene describer write
 entries built by :func:`make_caption_entry` with :func:`save_caption_file`, and resumable runs read the
 full entries back with :func:`load_caption_entries`.
 """
@@ -27,7 +27,7 @@ from typing import Any, Union
 
 from transformers.utils import logging
 
-from .atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
 
 
 logger = logging.get_logger(__name__)
@@ -151,7 +151,7 @@ def make_caption_entry(
 
 
 def save_caption_file(path: str | os.PathLike, mapping: Mapping[str, CaptionEntry]) -> Path:
-    """Write ``{image_name: caption or entry}`` as UTF-8 JSON, atomically (temporary file + ``os.replace``).
+    """Write ``{image_name: caption or entry}`` as UTF-8 JSON, atomically (``hub_cards.atomic_files``).
 
     Entries are validated first (same rules as :func:`load_target_captions`), so a file written here always
     reads back. Key order is kept as given; non-ASCII text (e.g. Chinese captions) is written as is. A reader

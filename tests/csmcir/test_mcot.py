@@ -1,5 +1,5 @@
 """MCoT target captioning: caption-file format, prompts, answer parsing, and end-to-end runs through the real
-``pipeline("image-text-to-text")`` with a tiny random Llava built offline (tests/tiny_vlm.py)."""
+``pipeline("image-text-to-text")`` with a tiny random Llava built offline (tests/csmcir/tiny_vlm.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_csmcir.captions import (
+from modeling_csmcir.data.caption_files import (
     load_caption_entries,
     load_target_captions,
     make_caption_entry,
     save_caption_file,
 )
-from modeling_csmcir.mcot import (
+from modeling_csmcir.captioning import (
     CaptionCache,
     ImageRecord,
     available_mcot_prompts,
@@ -32,7 +32,7 @@ from modeling_csmcir.mcot import (
     load_mcot_prompt,
     parse_mcot_answer,
 )
-from modeling_csmcir.mcot_cli import main as caption_main
+from modeling_csmcir.cli.caption import main as caption_main
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -316,9 +316,9 @@ def test_images_from_saved_dataset_reports_corrupt_rows(tmp_path):
     with pytest.raises(ValueError, match="no image column 'pic'"):
         images_from_saved_dataset(tmp_path / "ds", image_column="pic")
     # The CLI's --dataset recognises a save_to_disk folder (no CIRR image_splits) on its own.
-    from modeling_csmcir.mcot_cli import MCoTCaptionArguments, collect_images
+    from modeling_csmcir.cli.caption import DataArguments, collect_images
 
-    args = MCoTCaptionArguments(model_name_or_path="unused", output_file="unused", dataset=str(tmp_path / "ds"))
+    args = DataArguments(output_file="unused", dataset=str(tmp_path / "ds"))
     assert [r.name for r in collect_images(args)] == ["p0", "p1", "bad"]
 
 
@@ -410,7 +410,7 @@ def test_killed_cli_run_resumes_from_journal(vlm_dir, image_dir, tmp_path):
     child = textwrap.dedent(
         f"""
         import os, signal, sys
-        import modeling_csmcir.mcot_cli as cli
+        import modeling_csmcir.cli.caption as cli
         real = cli.generate_mcot_captions
         def killing(*args, **kwargs):
             def hook(batch_index, entries):
@@ -428,8 +428,8 @@ def test_killed_cli_run_resumes_from_journal(vlm_dir, image_dir, tmp_path):
     assert len(CaptionCache(out_killed)) == 3  # two batches of two, minus the unreadable "broken"
     with journal.open("a", encoding="utf-8") as f:
         f.write('{"img05": {"Final_Caption": "half-writ')  # a line torn by the kill
-    assert caption_main(argv + ["--output_file", str(out_killed)]) == 0
-    assert caption_main(argv + ["--output_file", str(out_full)]) == 0
+    assert caption_main(argv + ["--output_file", str(out_killed)]).output_file == out_killed
+    assert caption_main(argv + ["--output_file", str(out_full)]).output_file == out_full
     assert out_killed.read_bytes() == out_full.read_bytes()
     assert not journal.exists()
     skipped = json.loads(Path(f"{out_killed}.skipped.json").read_text())
@@ -503,9 +503,9 @@ def test_cli_dataset_mode_reads_cirr_layout(vlm_dir, tmp_path, capsys):
         mapping[f"dev-{i}"] = f"./dev/1/dev-{i}.png"
     (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps(mapping))
     out = tmp_path / "val.json"
-    code = caption_main(["--dataset", str(root), "--split", "val", "--model_name_or_path", str(vlm_dir),
-                         "--output_file", str(out), "--prompt", "general", "--max_new_tokens", "4", "--device", "cpu"])
-    assert code == 0
+    report = caption_main(["--dataset", str(root), "--split", "val", "--model_name_or_path", str(vlm_dir),
+                           "--output_file", str(out), "--prompt", "general", "--max_new_tokens", "4", "--device", "cpu"])
+    assert report.output_file == out  # main returns the run's report; the console script exits 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["images"], summary["captioned"], summary["skipped"]) == (3, 3, 0)
     assert sorted(load_target_captions(out)) == ["dev-0", "dev-1", "dev-2"]

@@ -17,7 +17,6 @@ builds on the fly in its forward pass.
 
 Everything the table does not map is reported with a reason, every model weight the checkpoint does not fill is
 reported, and `convert_lavis_checkpoint` refuses to return a model with unfilled weights unless told to.
-Not a Hub file: it may import the package.
 """
 
 from __future__ import annotations
@@ -26,15 +25,21 @@ import math
 import os
 import pickle
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.utils import logging
 
-from .configuration_csmcir import CSMCIRConfig
-from .modeling_csmcir import CSMCIRModel
+from hub_cards.atomic_files import write_json_atomically
+
+from ..configuration_csmcir import CSMCIRConfig
+from ..modeling_csmcir import CSMCIRModel
+from .processor import build_processor
 
 logger = logging.get_logger(__name__)
 
@@ -438,12 +443,62 @@ def convert_lavis_checkpoint(
     return model.eval(), report
 
 
+def convert_lavis_to_folder(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    tokenizer_name_or_path: str | None = None,
+    overwrite: bool = False,
+    allow_missing: bool = False,
+    state_dict_key: str | None = None,
+    vision_config: dict[str, Any] | None = None,
+    qformer_config: dict[str, Any] | None = None,
+) -> LavisConversionReport:
+    """Convert a LAVIS-format checkpoint and save model + processor + ``conversion_report.json`` into ``output_dir``.
+
+    The processor is :func:`~.processor.build_processor`'s (BLIP-2's preprocessing, the Q-Former's tokenizer). The
+    folder is assembled in a temporary folder beside ``output_dir`` and renamed into place, so a failed run leaves
+    nothing half-written. ``conversion_report.json`` holds ``checkpoint`` and :meth:`LavisConversionReport.to_dict`.
+
+    Raises:
+        ValueError: when ``output_dir`` exists and is not empty (without ``overwrite``), or the conversion is refused.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
+        raise ValueError(f"--output_dir {output_dir} exists and is not empty; pass --overwrite to replace it")
+    model, report = convert_lavis_checkpoint(
+        checkpoint,
+        allow_missing=allow_missing,
+        state_dict_key=state_dict_key,
+        vision_config=vision_config,
+        qformer_config=qformer_config,
+    )
+    processor = build_processor(model.config, tokenizer_name_or_path)
+    summary = {"checkpoint": os.path.abspath(checkpoint), **report.to_dict()}
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A whole folder, which hub_cards.atomic_files (one file at a time) does not cover: staged and renamed here.
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        write_json_atomically(staging / "conversion_report.json", summary, indent=2)
+        if output_dir.exists():
+            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
+        os.replace(staging, output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
 __all__ = [
     "KNOWN_UNMAPPED",
     "LAVIS_TO_CSMCIR_RENAMES",
     "LavisConversionReport",
     "convert_lavis_checkpoint",
     "convert_lavis_state_dict",
+    "convert_lavis_to_folder",
     "extract_state_dict",
     "infer_csmcir_config",
     "infer_qformer_config",

@@ -13,12 +13,12 @@ wrong or leaves it out with probability ``caption_error_rate``: the captions hel
 
 Because the output is exactly CIRR's layout (``captions/cap.rc2.{train,val,test1}.json``,
 ``image_splits/split.rc2.{split}.json``, images under ``train/``, ``dev/``, ``test1/``), the real loader
-(:func:`cir_datasets.load_cirr`), protocol and evaluator run on it unchanged. Extra files beside the layout:
+(:func:`data.cirr.load_cirr`), protocol and evaluator run on it unchanged. Extra files beside the layout:
 ``target_captions/captions.rc2.{split}.json``, ``scenes/scenes.rc2.{split}.json`` (ground-truth scenes and each pair's edit kind),
 ``ground_truth/cap.rc2.test1.json`` (test1 targets, which CIRR's own test file hides) and ``metadata.json``.
 
 Everything is a function of ``seed``: the same arguments give byte-identical files.
-Command line: ``csmcir-synth --output_dir D [--num_images N] [--seed S]``.
+Command line (``cli/synth.py``): ``csmcir-synth --output_dir D [--num_images N] [--seed S]``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from .captions import make_caption_entry, save_caption_file
-from .atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
+
+from .caption_files import make_caption_entry, save_caption_file
 
 
 logger = logging.get_logger(__name__)
@@ -428,7 +428,9 @@ def generate_synthetic_cir(config: SyntheticCIRConfig) -> Path:
                 pair_id += 1
         write_json_atomically(root / "captions" / f"cap.rc2.{split}.json", pairs_json, indent=1)
         write_json_atomically(root / "image_splits" / f"split.rc2.{split}.json", name_to_relpath, indent=1)
-        write_json_atomically(root / "scenes" / f"scenes.rc2.{split}.json", {"images": scenes_json, "pair_edits": pair_edits})
+        write_json_atomically(
+            root / "scenes" / f"scenes.rc2.{split}.json", {"images": scenes_json, "pair_edits": pair_edits}, indent=None
+        )
         save_caption_file(root / "target_captions" / f"captions.rc2.{split}.json", captions)
         if hidden_targets:
             write_json_atomically(root / "ground_truth" / f"cap.rc2.{split}.json", hidden_targets, indent=1)
@@ -442,17 +444,4 @@ def generate_synthetic_cir(config: SyntheticCIRConfig) -> Path:
     return root
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Entry point of ``csmcir-synth``."""
-    (config,) = HfArgumentParser(SyntheticCIRConfig).parse_args_into_dataclasses(args=argv)
-    return generate_synthetic_cir(config)
-
-
-def console_main() -> None:
-    """Entry point of the ``csmcir-synth`` console script: `main` returns its result to Python callers, and a console
-    script would hand that object to ``sys.exit`` (exit status 1), so this wrapper discards it."""
-    main()
-
-
-if __name__ == "__main__":
-    main()
+__all__ = ["SyntheticCIRConfig", "generate_synthetic_cir"]

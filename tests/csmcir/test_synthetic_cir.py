@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from modeling_csmcir.captions import load_caption_entries
-from modeling_csmcir.cir_datasets import load_cirr
-from modeling_csmcir.synthetic_cir import (
+from modeling_csmcir.cli.synth import main
+from modeling_csmcir.data.caption_files import load_caption_entries
+from modeling_csmcir.data.cirr import load_cirr
+from modeling_csmcir.data.synthetic import (
     Edit,
     SceneObject,
     SyntheticCIRConfig,
@@ -23,7 +24,6 @@ from modeling_csmcir.synthetic_cir import (
     describe_edit,
     describe_scene,
     generate_synthetic_cir,
-    main,
     random_scene,
 )
 
@@ -175,7 +175,7 @@ def test_bad_config_is_rejected(tmp_path, overrides, message):
 @pytest.mark.slow
 def test_composed_query_beats_image_only_and_text_only(tmp_path, monkeypatch):
     """The issue's learning requirement: the benchmark script's symmetric run (about 5 minutes on one CPU thread)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_cir_difficulty.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_cir_difficulty.py"
     spec = importlib.util.spec_from_file_location("synthetic_cir_difficulty", path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve string annotations through sys.modules

@@ -1,0 +1,36 @@
+"""``csmcir-synth``: write the embedded synthetic CIR benchmark (CIRR rc2 layout) to a folder.
+
+::
+
+    csmcir-synth --output_dir data/synthetic_cir [--num_images 3000] [--seed 0] [--image_size 64]
+
+The arguments are the fields of :class:`~modeling_csmcir.data.synthetic.SyntheticCIRConfig`; the generator itself
+is :func:`~modeling_csmcir.data.synthetic.generate_synthetic_cir`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from ..data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Parse ``argv`` (default: the command line), write the benchmark and return its folder."""
+    (config,) = HfArgumentParser(SyntheticCIRConfig).parse_args_into_dataclasses(args=argv)
+    return generate_synthetic_cir(config)
+
+
+def console_main() -> None:
+    """Entry point of the ``csmcir-synth`` console script: exit 0 on success, a one-line error otherwise."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"csmcir-synth: error: {error}")
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,78 @@
+"""CIRCO reader.
+
+Layout: ``annotations/{split}.json`` (``[{"id", "reference_img_id", "target_img_id", "relative_caption",
+"shared_concept", "gt_img_ids"}]``), ``COCO2017_unlabeled/annotations/image_info_unlabeled2017.json`` and
+``COCO2017_unlabeled/unlabeled2017/{file_name}``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from datasets import DatasetDict, Value
+
+from .paths import MAX_LISTED, check_choice, check_images_exist, read_json, require_keys
+from .schema import TargetCaptions, build_cir_dataset
+
+
+CIRCO_SPLITS: tuple[str, ...] = ("val", "test")
+
+
+def load_circo(
+    data_dir: str | os.PathLike,
+    split: str = "val",
+    target_captions: TargetCaptions = None,
+) -> DatasetDict:
+    """Load CIRCO. The gallery is every image of ``image_info_unlabeled2017.json`` (ids as strings, each checked
+    on disk up front); queries carry all ground truths in ``gt_ids`` (test queries have none)."""
+    check_choice("CIRCO split", split, CIRCO_SPLITS)
+    root = Path(data_dir)
+    annotation_file = root / "annotations" / f"{split}.json"
+    coco = root / "COCO2017_unlabeled"
+    info_file = coco / "annotations" / "image_info_unlabeled2017.json"
+    entries = read_json(annotation_file)
+    info = read_json(info_file)
+    if not isinstance(entries, list):
+        raise ValueError(f"{annotation_file}: expected a JSON list of queries; got {type(entries).__name__}")
+    if not isinstance(info, Mapping) or not isinstance(info.get("images"), list):
+        raise ValueError(f"{info_file}: expected an object with an 'images' list")
+    gallery_paths = {}
+    for i, image in enumerate(info["images"]):
+        require_keys(image, ("id", "file_name"), info_file, i)
+        gallery_paths[str(image["id"])] = str(coco / "unlabeled2017" / image["file_name"])
+    check_images_exist(gallery_paths, str(info_file))
+
+    required = ("id", "reference_img_id", "relative_caption", "shared_concept") + (
+        ("target_img_id", "gt_img_ids") if split != "test" else ()
+    )
+    queries = []
+    for i, entry in enumerate(entries):
+        require_keys(entry, required, annotation_file, i)
+        ref = str(entry["reference_img_id"])
+        target = str(entry.get("target_img_id") or "")
+        gt = [str(g) for g in entry.get("gt_img_ids", []) if str(g) != ""]
+        unknown = [n for n in [ref, target, *gt] if n and n not in gallery_paths]
+        if unknown:
+            raise ValueError(f"{annotation_file}: query {entry['id']} names images not in {info_file}: {unknown[:MAX_LISTED]}")
+        queries.append(
+            {
+                "query_id": str(entry["id"]),
+                "reference_id": ref,
+                "reference_image": gallery_paths[ref],
+                "modification_text": str(entry["relative_caption"]),
+                "target_id": target,
+                "target_image": gallery_paths[target] if target else None,
+                "gt_ids": gt,
+                "img_set": [],
+                "shared_concept": str(entry["shared_concept"]),
+            }
+        )
+    return build_cir_dataset(
+        queries, gallery_paths, target_captions, f"CIRCO {split}",
+        extra_columns={"shared_concept": Value("string")},
+    )
+
+
+__all__ = ["CIRCO_SPLITS", "load_circo"]

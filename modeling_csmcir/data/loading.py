@@ -1,0 +1,46 @@
+"""Load any composed image retrieval benchmark by name: FashionIQ, CIRR, CIRCO or Shoes.
+
+Each benchmark has its own reader (``fashioniq``, ``cirr``, ``circo``, ``shoes``), and every reader returns the
+same ``queries`` / ``gallery`` schema (``schema``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from datasets import DatasetDict
+
+from .circo import load_circo
+from .cirr import load_cirr
+from .fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
+from .paths import check_choice
+from .schema import TargetCaptions
+from .shoes import load_shoes
+
+
+BENCHMARKS: tuple[str, ...] = ("fashioniq", "cirr", "circo", "shoes")
+
+
+def load_cir_dataset(
+    benchmark: str,
+    data_dir: str | os.PathLike,
+    split: str,
+    category: str | None = None,
+    target_captions: TargetCaptions = None,
+    **kwargs: Any,
+) -> DatasetDict:
+    """Load any benchmark by name (``fashioniq`` needs ``category``); ``kwargs`` go to the benchmark's reader."""
+    check_choice("benchmark", benchmark, BENCHMARKS)
+    if benchmark == "fashioniq":
+        if category is None:
+            raise ValueError(f"FashionIQ needs a category; expected one of {list(FASHIONIQ_CATEGORIES)}")
+        return load_fashioniq(data_dir, category, split, target_captions=target_captions, **kwargs)
+    if benchmark == "cirr":
+        return load_cirr(data_dir, split, target_captions=target_captions, **kwargs)
+    if benchmark == "circo":
+        return load_circo(data_dir, split, target_captions=target_captions, **kwargs)
+    return load_shoes(data_dir, split, target_captions=target_captions, **kwargs)
+
+
+__all__ = ["BENCHMARKS", "load_cir_dataset"]
