@@ -46,7 +46,6 @@ _EXPORTS = {
     "read_metrics_report": "metrics_report",
     "write_metrics_report": "metrics_report",
     "MMAPS_PIPELINE_TAG": "mmaps_card",
-    "MMAPS_PROTOCOLS": "mmaps_card",
     "build_mmaps_card": "mmaps_card",
     "write_mmaps_card": "mmaps_card",
     "HubCardTrainerMixin": "trainer_cards",

@@ -5,8 +5,8 @@
 
 Metadata: ``library_name: transformers``, ``pipeline_tag: summarization`` (an official Hub task, although
 transformers 5 removed the pipeline of that name: ours is ``product-summarization``, carried as a tag).
-Body: ``templates/mmaps_card.md.jinja``. ``MMAPS_PROTOCOLS`` words the two scoring protocols of
-``modeling_mmaps.evaluation.summarization_metrics``, for the MMAPS trainer's ``evaluation_protocol``.
+Body: ``templates/mmaps_card.md.jinja``. The protocol stated with the numbers comes with them (the metrics report's
+``protocol``, or the MMAPS trainer's ``evaluation_protocol``).
 """
 
 from __future__ import annotations
@@ -26,15 +26,6 @@ logger = logging.get_logger(__name__)
 MMAPS_PIPELINE_TAG = "summarization"
 MMAPS_TASK = "product-summarization"
 MMAPS_TAGS = ("mmaps", MMAPS_TASK, "multimodal", "bart", "e-commerce", "attribute-aware")
-MMAPS_PROTOCOLS = {
-    "zh": "CEPSUM protocol: character-level ROUGE-1/2 (clipped n-gram F1) and set-based summary-level ROUGE-L "
-          "(sentences split on 。) of each summary against every reference, averaged over references then products, "
-          "x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of the summary vs. "
-          "those of any reference",
-    "en": "standard ROUGE-1/2/Lsum F (rouge_score, lower-cased Unicode words, best reference per product) averaged "
-          "over products, x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of "
-          "the summary vs. those of any reference",
-}
 EXAMPLE_TEXTS = {
     "zh": "这款双肩包采用防泼水面料，容量大，内部多隔层，背负舒适，适合通勤和旅行。",
     "en": "This backpack is made of water-repellent fabric, with a large capacity, several inner pockets and padded straps.",
@@ -114,4 +105,4 @@ def write_mmaps_card(
     return save_card(card, output_dir)
 
 
-__all__ = ["MMAPS_PIPELINE_TAG", "MMAPS_PROTOCOLS", "MMAPS_TAGS", "build_mmaps_card", "write_mmaps_card"]
+__all__ = ["MMAPS_PIPELINE_TAG", "MMAPS_TAGS", "build_mmaps_card", "write_mmaps_card"]

@@ -20,28 +20,29 @@ from huggingface_hub.repocard import metadata_load
 from hub_cards import (
     CSMCIR_PIPELINE_TAG,
     MMAPS_PIPELINE_TAG,
-    MMAPS_PROTOCOLS,
     build_csmcir_card,
     build_mmaps_card,
     metric_display_name,
     parse_metrics,
-    read_metrics_file,
+    read_metrics_report,
     read_training_settings,
     write_csmcir_card,
     write_mmaps_card,
 )
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor, CSMCIRTrainer, CSMCIRTrainingArguments
-from modeling_csmcir.cir_collator import CIRCollator
-from modeling_csmcir.cir_datasets import load_cirr
-from modeling_csmcir.cir_eval_cli import main as csmcir_eval
-from modeling_csmcir.cir_evaluation import CIRRetrievalEvaluator
-from modeling_csmcir.cir_metrics import PROTOCOLS
-from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
-from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration, MMAPSProcessor
-from modeling_mmaps.cepsum_data import MMAPSDataCollator
-from modeling_mmaps.summarization_metrics import summarization_scores
+from modeling_csmcir import CSMCIRModel, CSMCIRProcessor, CSMCIRTrainer, CSMCIRTrainingArguments
+from modeling_csmcir.cli.eval import main as csmcir_eval
+from modeling_csmcir.data.cirr import load_cirr
+from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
+from modeling_csmcir.evaluation.cir_metrics import PROTOCOLS
+from modeling_csmcir.evaluation.evaluator import CIRRetrievalEvaluator
+from modeling_csmcir.presets import preset_model
+from modeling_mmaps import MMAPSForConditionalGeneration
+from modeling_mmaps.data.cepsum import MMAPSDataCollator
+from modeling_mmaps.evaluation.summarization_metrics import PROTOCOLS as MMAPS_PROTOCOLS
+from modeling_mmaps.evaluation.summarization_metrics import summarization_scores
+from modeling_mmaps.presets import preset_config as mmaps_preset_config
+from modeling_mmaps.presets import preset_processor as mmaps_preset_processor
 from modeling_mmaps.trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments
-
 
 def python_blocks(markdown: str) -> list[str]:
     """The fenced ```python blocks of a Markdown text."""
@@ -61,9 +62,9 @@ def bench(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def csmcir_dir(tmp_path_factory) -> Path:
-    processor = CSMCIRProcessor.tiny(image_size=32)
     torch.manual_seed(0)
-    model = CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), image_size=32)).eval()
+    model, processor = preset_model("tiny", image_size=32)
+    model.eval()
     folder = tmp_path_factory.mktemp("csmcir_model")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -96,7 +97,7 @@ def test_csmcir_card_from_csmcir_eval_metrics_parses_back_with_the_same_numbers(
     expected = numeric(written["metrics"])
     assert len(expected) >= 8  # R@1/5/10/50, Rs@1/2/3, avg
     assert {r.metric_type: r.metric_value for r in results} == expected
-    assert {r.metric_args["protocol"] for r in results} == {written["metrics"]["protocol"]}
+    assert {r.metric_args["protocol"] for r in results} == {written["protocol"]}
     assert {(r.dataset_type, r.dataset_split, r.task_type) for r in results} == {("cirr", "val", "composed-image-retrieval")}
     assert card.data.model_name == "csmcir-tiny"
 
@@ -118,7 +119,7 @@ def test_mmaps_card_from_trainer_eval_results_parses_back_with_the_same_numbers(
                                   attribute_vocabulary=["真皮", "红色", "大容量"])
     eval_results = {f"eval_{k}": v for k, v in scores.items()} | {"eval_loss": 2.5, "eval_runtime": 0.3, "epoch": 2.0}
     (tmp_path / "eval_results.json").write_text(json.dumps(eval_results))
-    MMAPSConfig.tiny().save_pretrained(tmp_path)
+    mmaps_preset_config("tiny").save_pretrained(tmp_path)
 
     path = write_mmaps_card(tmp_path, metrics=tmp_path, dataset_name="synthetic-products", repo_id="test-org/mmaps-tiny",
                             training_args={"summary_language": "zh", "generation_num_beams": 3, "learning_rate": 3e-5})
@@ -155,10 +156,10 @@ def test_usage_snippets_are_valid_python_and_name_the_repo(tmp_path, custom_pipe
 
 
 def test_mmaps_snippet_feeds_images_only_to_a_pixel_model(tmp_path):
-    MMAPSConfig.tiny(vision_config=MMAPSConfig.tiny_vision_config()).save_pretrained(tmp_path)
+    mmaps_preset_config("tiny", visual_input="images").save_pretrained(tmp_path)
     snippet = python_blocks(build_mmaps_card(tmp_path).text)[0]
     assert "images=[Image.open(" in snippet
-    MMAPSConfig.tiny().save_pretrained(tmp_path)
+    mmaps_preset_config("tiny").save_pretrained(tmp_path)
     assert "images=" not in python_blocks(build_mmaps_card(tmp_path).text)[0]
 
 
@@ -178,23 +179,23 @@ def test_metrics_reader_accepts_every_layout_the_package_writes(tmp_path):
                                 "num_products": 40, "num_beams": 3, "max_new_tokens": 90, "visual_input": "images"})
     assert (mmaps_eval.values, mmaps_eval.split) == ({"rouge1": 30.0, "gen_len": 14.0}, "test")
     (tmp_path / "metrics.json").write_text(json.dumps({"protocol": "p", "map_at_5": 4.25}))
-    assert read_metrics_file(tmp_path).values == {"map_at_5": 4.25}
+    assert read_metrics_report(tmp_path).values == {"map_at_5": 4.25}
 
 
 def test_metrics_reader_rejects_bad_files_naming_them(tmp_path):
     bad = tmp_path / "metrics.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="metrics.json: not valid JSON"):
-        read_metrics_file(bad)
+        read_metrics_report(bad)
     bad.write_text(json.dumps({"protocol": "p", "eval_loss": 1.0}))
     with pytest.raises(ValueError, match="metrics.json: no numeric metric found"):
-        read_metrics_file(bad)
+        read_metrics_report(bad)
     with pytest.raises(ValueError, match="expected a JSON object"):
         parse_metrics([1, 2])
     with pytest.raises(ValueError, match="appears twice"):
         parse_metrics({"rouge1": 1.0, "eval_rouge1": 2.0})
     with pytest.raises(ValueError, match="neither"):
-        read_metrics_file(tmp_path / "..")
+        read_metrics_report(tmp_path / "..")
 
 
 def test_metric_display_names():
@@ -232,12 +233,10 @@ def test_csmcir_trainer_writes_the_card_on_save_once_evaluated(bench, csmcir_dir
     processor = CSMCIRProcessor.from_pretrained(csmcir_dir)
     model = CSMCIRModel.from_pretrained(csmcir_dir).eval()
     data = load_cirr(bench, "val", target_captions=bench / "target_captions" / "captions.rc2.val.json")
-    evaluator = CIRRetrievalEvaluator(data, processor, "cirr", cache=None, show_progress=False)
+    evaluator = CIRRetrievalEvaluator(data, processor, "cirr", batch_size=16, cache=None, show_progress=False)
     args = CSMCIRTrainingArguments(output_dir=str(tmp_path / "run"), per_device_eval_batch_size=16, label_names=["target_ids"],
                                    report_to=[], use_cpu=True, disable_tqdm=True)
-    trainer = CSMCIRTrainer(model=model, args=args, eval_dataset=data["queries"], data_collator=CIRCollator(processor),
-                            compute_metrics=evaluator.compute_metrics)
-    evaluator.attach(trainer)
+    trainer = CSMCIRTrainer(model=model, args=args, evaluator=evaluator)
     trainer.hub_card_kwargs = {"dataset_name": "synthetic-cir"}
 
     trainer.save_model(str(tmp_path / "before"))
@@ -258,8 +257,8 @@ def test_csmcir_trainer_writes_the_card_on_save_once_evaluated(bench, csmcir_dir
 
 
 def test_mmaps_trainer_writes_a_card_with_the_cepsum_protocol(tmp_path):
-    processor = MMAPSProcessor.tiny(attribute_vocabulary=["真皮", "黑色"])
-    model = MMAPSForConditionalGeneration(MMAPSConfig.tiny(num_attributes=2))
+    processor = mmaps_preset_processor("tiny", attribute_vocabulary=["真皮", "黑色"])
+    model = MMAPSForConditionalGeneration(mmaps_preset_config("tiny", num_attributes=2))
     rows = {"sku": ["a", "b", "c"], "src": ["这款包的材质很好真皮黑色", "简约百搭大容量", "时尚休闲双肩"],
             "summary": ["真皮黑色包", "大容量", "时尚"], "tgt": [["真皮黑色包"], ["大容量"], ["时尚"]]}
     data = Dataset.from_dict(rows)
