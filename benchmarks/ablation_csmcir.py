@@ -41,7 +41,7 @@ from modeling_csmcir.cached_training import (
     steps_to_reach, train_cached,
 )
 from hub_cards.atomic_files import write_json_atomically
-from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
+from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 
 logger = logging.get_logger(__name__)

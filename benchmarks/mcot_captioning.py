@@ -20,18 +20,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "csmcir"))
 
 from tiny_vlm import build_tiny_llava  # noqa: E402
 
-from modeling_csmcir.captions import make_caption_entry, save_caption_file  # noqa: E402
-from modeling_csmcir.mcot import (  # noqa: E402
+from modeling_csmcir.captioning import (  # noqa: E402
     CaptionCache,
     ImageRecord,
     generate_mcot_captions,
     load_captioning_pipeline,
     parse_mcot_answer,
 )
+from modeling_csmcir.data.caption_files import make_caption_entry, save_caption_file  # noqa: E402
 
 NUM_IMAGES = 32
 MAX_NEW_TOKENS = 16

@@ -32,10 +32,10 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor, csmcir_contrastive_loss
-from modeling_csmcir.cir_datasets import load_cirr
+from modeling_csmcir.data.cirr import load_cirr
 from modeling_csmcir.cir_metrics import cirr_metrics
 from hub_cards.atomic_files import write_json_atomically
-from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
+from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 
 logger = logging.get_logger(__name__)
