@@ -2,37 +2,25 @@
 
 Importing the package registers the classes with the Auto API (`AutoConfig` "mmaps", `AutoModelForSeq2SeqLM`,
 `AutoProcessor`) and marks them for remote code, so `save_pretrained` writes an `auto_map` and copies the files a
-Hub repository needs.
+Hub repository needs. Only the three Hub files are imported for that; every other name below (trainer, data,
+metrics, presets) is imported on first use, so `import modeling_mmaps` loads neither `datasets` nor
+`transformers.Trainer`.
+
+Layout: `configuration_/modeling_/processing_mmaps.py` (the Hub files), `presets.py` (named sizes),
+`trainer_mmaps.py`, `data/` (CEPSUM loading, attribute vocabulary, synthetic set), `evaluation/` (CEPSUM metrics and
+the generate-then-score evaluator), `cli/` (`mmaps-train`, `mmaps-eval`, `mmaps-synth`).
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
 
 from .configuration_mmaps import MMAPSConfig
 from .modeling_mmaps import MMAPSEncoderOutput, MMAPSForConditionalGeneration, MMAPSModel, MMAPSSeq2SeqLMOutput
 from .processing_mmaps import MMAPSProcessor
-
-# Data, attribute vocabulary and CEPSUM metrics (issue 8).
-from .attributes import (
-    attribute_labels,
-    build_attribute_vocabulary,
-    find_attributes,
-    load_attribute_vocabulary,
-    merge_attribute_vocabularies,
-    save_attribute_vocabulary,
-)
-from .cepsum_data import MMAPSDataCollator, RegionFeatureReader, load_cepsum, load_cepsum_split
-from .summarization_metrics import (
-    attribute_prf,
-    build_compute_metrics,
-    cepsum_bleu,
-    cepsum_rouge,
-    english_rouge,
-    summarization_scores,
-)
-from .synthetic_products import generate_synthetic_products
-from .trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments
 
 AutoConfig.register("mmaps", MMAPSConfig, exist_ok=True)
 AutoModelForSeq2SeqLM.register(MMAPSConfig, MMAPSForConditionalGeneration, exist_ok=True)
@@ -41,30 +29,31 @@ MMAPSConfig.register_for_auto_class()
 MMAPSForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 MMAPSProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = [
-    "MMAPSDataCollator",
-    "MMAPSTrainer",
-    "MMAPSTrainingArguments",
-    "RegionFeatureReader",
-    "attribute_labels",
-    "attribute_prf",
-    "build_attribute_vocabulary",
-    "build_compute_metrics",
-    "cepsum_bleu",
-    "cepsum_rouge",
-    "english_rouge",
-    "find_attributes",
-    "generate_synthetic_products",
-    "load_attribute_vocabulary",
-    "load_cepsum",
-    "load_cepsum_split",
-    "merge_attribute_vocabularies",
-    "save_attribute_vocabulary",
-    "summarization_scores",
-    "MMAPSConfig",
-    "MMAPSEncoderOutput",
-    "MMAPSForConditionalGeneration",
-    "MMAPSModel",
-    "MMAPSProcessor",
-    "MMAPSSeq2SeqLMOutput",
-]
+# Public name -> the module that defines it, imported on first access (PEP 562).
+_LAZY_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["PRESETS", "get_preset", "preset_config", "preset_model", "preset_processor"], ".presets"),
+    **dict.fromkeys(["MMAPSTrainer", "MMAPSTrainingArguments", "latest_complete_checkpoint"], ".trainer_mmaps"),
+    **dict.fromkeys(["MMAPSDataCollator", "RegionFeatureReader", "load_cepsum", "load_cepsum_split"], ".data.cepsum"),
+    **dict.fromkeys(["attribute_labels", "build_attribute_vocabulary", "find_attributes", "load_attribute_vocabulary",
+                     "merge_attribute_vocabularies", "save_attribute_vocabulary"], ".data.attributes"),
+    "generate_synthetic_products": ".data.synthetic",
+    **dict.fromkeys(["attribute_prf", "build_compute_metrics", "cepsum_bleu", "cepsum_rouge", "english_rouge",
+                     "summarization_scores"], ".evaluation.summarization_metrics"),
+    "evaluate_summarization": ".evaluation.evaluator",
+}
+
+__all__ = ["MMAPSConfig", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel", "MMAPSProcessor",
+           "MMAPSSeq2SeqLMOutput", *_LAZY_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

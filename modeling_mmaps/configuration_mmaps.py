@@ -12,18 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from transformers import AutoConfig, BartConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
-
-#: Size of the character vocabulary built by ``MMAPSProcessor.tiny()`` (5 BERT specials + characters). Kept here so
-#: ``MMAPSConfig.tiny()`` and the tiny processor agree without the config importing the processor.
-TINY_VOCAB_SIZE = 128
-#: Special-token ids of the tiny BERT-style vocabulary: [PAD]=0, [UNK]=1, [CLS]=2 (BOS), [SEP]=3 (EOS), [MASK]=4.
-TINY_SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "mask": 4}
-
 
 class MMAPSConfig(PreTrainedConfig):
     r"""Configuration of [`MMAPSForConditionalGeneration`].
@@ -113,43 +106,6 @@ class MMAPSConfig(PreTrainedConfig):
     def uses_pixels(self) -> bool:
         """True when images enter as `pixel_values` through `vision_config`'s backbone, not as region features."""
         return self.vision_config is not None
-
-    @classmethod
-    def tiny(cls, **overrides: Any) -> MMAPSConfig:
-        """A few-thousand-parameter configuration for CPU tests and demos.
-
-        d_model 32, 1 encoder + 1 decoder layer, vocabulary matched to `MMAPSProcessor.tiny()`, 16-d region
-        features, up to 6 regions, 8 detector classes. `overrides` replace top-level fields; pass
-        `text_config={...}` to change BART fields (merged into the tiny defaults) and `vision_config=` a dict or
-        config for the raw-image path.
-        """
-        text = dict(
-            vocab_size=TINY_VOCAB_SIZE, d_model=32, encoder_layers=1, decoder_layers=1,
-            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-            max_position_embeddings=128, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-            pad_token_id=TINY_SPECIAL_IDS["pad"], bos_token_id=TINY_SPECIAL_IDS["bos"],
-            eos_token_id=TINY_SPECIAL_IDS["eos"], decoder_start_token_id=TINY_SPECIAL_IDS["eos"],
-            forced_eos_token_id=TINY_SPECIAL_IDS["eos"],
-        )
-        user_text = overrides.pop("text_config", None)
-        if isinstance(user_text, BartConfig):
-            user_text = user_text.to_dict()
-        text.update(user_text or {})
-        defaults: dict[str, Any] = dict(
-            text_config=text, visual_feature_dim=16, max_regions=6, num_region_classes=8, num_visual_layers=1,
-            num_visual_attention_heads=2, visual_intermediate_size=64, visual_dropout=0.0, fusion_hidden_size=16,
-            num_attributes=10,
-        )
-        defaults.update(overrides)
-        return cls(**defaults)
-
-    @staticmethod
-    def tiny_vision_config(**overrides: Any) -> dict[str, Any]:
-        """A tiny CLIP vision tower (32 px images, 8 px patches → 16 patches + CLS) as a config dict."""
-        vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, image_size=32, patch_size=8, num_channels=3)
-        vision.update(overrides)
-        return vision
 
 
 __all__ = ["MMAPSConfig"]

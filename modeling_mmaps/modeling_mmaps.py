@@ -39,11 +39,6 @@ from .configuration_mmaps import MMAPSConfig
 
 logger = logging.get_logger(__name__)
 
-#: Inputs that only the encoder reads; `generate()` hands them to `get_encoder()` once.
-VISUAL_INPUT_NAMES = ("visual_features", "visual_boxes", "visual_attention_mask", "visual_class_probs",
-                      "pixel_values", "image_mask")
-
-
 @dataclass
 class MMAPSEncoderOutput(BaseModelOutput):
     """Output of [`MMAPSEncoder`].
@@ -624,31 +619,6 @@ class MMAPSAttributeHead(nn.Module):
         return self.classifier(pooled)
 
 
-def hausdorff_alignment_loss(
-    text_states: torch.Tensor, text_mask: torch.Tensor, region_states: torch.Tensor, region_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Mean over examples of the squared Hausdorff distance between L2-normalised token and region sets.
-
-    d(t, r) = ‖t̂ − r̂‖; H = max(max_t min_r d, max_r min_t d), where the max/min run over **valid** tokens and regions
-    only (padding masked on both sides). Examples must each have ≥1 valid token and region.
-
-    This is the original MMAPS objective, kept as a diagnostic only: the model trains with
-    `token_region_contrastive_loss`, because a distance to the matched image alone is minimised by collapsing every
-    token and region onto one point (observed: the text encoder became constant across products).
-    """
-    t = F.normalize(text_states, dim=-1)
-    r = F.normalize(region_states, dim=-1)
-    # ‖a − b‖² = 2 − 2 a·b for unit vectors; the clamp keeps sqrt's gradient finite at 0.
-    dist = (2 - 2 * torch.einsum("bld,brd->blr", t, r)).clamp(min=1e-8).sqrt()
-    text_valid, region_valid = text_mask.bool(), region_mask.bool()
-    inf = torch.finfo(dist.dtype).max
-    text_to_region = dist.masked_fill(~region_valid[:, None, :], inf).min(-1).values
-    text_to_region = text_to_region.masked_fill(~text_valid, -inf).max(-1).values
-    region_to_text = dist.masked_fill(~text_valid[:, :, None], inf).min(1).values
-    region_to_text = region_to_text.masked_fill(~region_valid, -inf).max(-1).values
-    return torch.maximum(text_to_region, region_to_text).pow(2).mean()
-
-
 def token_region_similarity(
     text_latents: torch.Tensor, text_mask: torch.Tensor, region_latents: torch.Tensor, region_mask: torch.Tensor,
 ) -> torch.Tensor:
@@ -987,5 +957,5 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         return model.to(bart.dtype)
 
 
-__all__ = ["MMAPSEncoder", "hausdorff_alignment_loss", "token_region_contrastive_loss", "token_region_similarity", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
-           "MMAPSPreTrainedModel", "MMAPSSeq2SeqLMOutput", "MMAPSSeq2SeqModelOutput", "VISUAL_INPUT_NAMES"]
+__all__ = ["MMAPSEncoder", "token_region_contrastive_loss", "token_region_similarity", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
+           "MMAPSPreTrainedModel", "MMAPSSeq2SeqLMOutput", "MMAPSSeq2SeqModelOutput"]

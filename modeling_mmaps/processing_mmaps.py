@@ -26,13 +26,8 @@ logger = logging.get_logger(__name__)
 _CJK = r"\u3000-\u303f\u4e00-\u9fff\uff00-\uffef"
 _CJK_SPACES = re.compile(rf"(?<=[{_CJK}])\s+(?=[{_CJK}])|(?<=[{_CJK}])\s+(?=[0-9A-Za-z])|(?<=[0-9A-Za-z])\s+(?=[{_CJK}])")
 
-#: Characters of the tiny demo vocabulary (product-description words), after the 5 BERT special tokens.
-TINY_CHARACTERS = (
-    "这款包的材质很好时尚大容量简约百搭真皮手提单肩斜挎女士男士休闲商务风格设计精致做工细腻柔软舒适透气轻便耐磨"
-    "防水防刮经典黑色白色红色蓝色灰色棕色新品上市夏季冬季春秋款式高级质感多功能收纳"
-    "，。！、0123456789abcdefghijklmnopqrstuvwxyz"
-)
-TINY_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: BERT's special tokens, in the order that gives [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 class MMAPSProcessor(ProcessorMixin):
@@ -77,25 +72,12 @@ class MMAPSProcessor(ProcessorMixin):
         if isinstance(tokens, dict):
             vocab = dict(tokens)
         else:
-            ordered = [t for t in TINY_SPECIAL_TOKENS if t not in tokens] + [t for t in dict.fromkeys(tokens)]
+            ordered = [t for t in BERT_SPECIAL_TOKENS if t not in tokens] + [t for t in dict.fromkeys(tokens)]
             vocab = {token: index for index, token in enumerate(ordered)}
         tokenizer = BertTokenizer(vocab=vocab, tokenize_chinese_chars=True, do_lower_case=True)
         image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
-
-    @classmethod
-    def tiny(cls, **kwargs: Any) -> MMAPSProcessor:
-        """The processor matching `MMAPSConfig.tiny()`: a 128-token Chinese character vocabulary
-        ([PAD]=0, [UNK]=1, [CLS]=2=BOS, [SEP]=3=EOS, [MASK]=4), 32-px images, 6 regions."""
-        chars = list(dict.fromkeys(TINY_CHARACTERS))
-        tokens = list(TINY_SPECIAL_TOKENS) + chars
-        # Fill to exactly 128 with placeholder tokens so the vocabulary size is fixed.
-        tokens += [f"[unused{i}]" for i in range(128 - len(tokens))]
-        kwargs.setdefault("max_regions", 6)
-        kwargs.setdefault("max_source_length", 120)
-        kwargs.setdefault("max_target_length", 40)
-        return cls.from_vocabulary(tokens[:128], **kwargs)
 
     # -- encoding --------------------------------------------------------------------------------------------------
     def __call__(

@@ -15,17 +15,8 @@ from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration, MMAPSProc
 from modeling_mmaps.modeling_mmaps import (
     insert_text_cls, remove_text_cls, token_region_contrastive_loss, token_region_similarity,
 )
+from modeling_mmaps.presets import preset_config, preset_processor
 from tests.hub_isolation import run_isolated
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine thread contention makes
-    each step ~20x slower; run these tests single-threaded."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 TASKS = ("summary", "attribute", "alignment", "contrastive", "region")
 
@@ -59,7 +50,7 @@ def make_batch(config: MMAPSConfig, batch: int = 4, length: int = 9, regions: in
 
 def tiny_model(**overrides) -> MMAPSForConditionalGeneration:
     torch.manual_seed(0)
-    return MMAPSForConditionalGeneration(MMAPSConfig.tiny(**overrides)).eval()
+    return MMAPSForConditionalGeneration(preset_config("tiny", **overrides)).eval()
 
 
 def grad_norm(module: torch.nn.Module) -> float:
@@ -73,8 +64,8 @@ def grad_norm(module: torch.nn.Module) -> float:
 
 
 def test_tiny_config_matches_tiny_processor_and_round_trips(tmp_path):
-    config = MMAPSConfig.tiny(num_attributes=7)
-    processor = MMAPSProcessor.tiny()
+    config = preset_config("tiny", num_attributes=7)
+    processor = preset_processor("tiny")
     assert len(processor.tokenizer) == config.text_config.vocab_size == 128
     tok = processor.tokenizer
     assert (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id) == (
@@ -85,11 +76,11 @@ def test_tiny_config_matches_tiny_processor_and_round_trips(tmp_path):
     assert (loaded.summary_loss_weight, loaded.attribute_loss_weight, loaded.alignment_loss_weight,
             loaded.contrastive_loss_weight, loaded.region_loss_weight) == (1.0, 0.3, 0.3, 0.05, 0.8)
     with pytest.raises(ValueError, match="region_mask_ratio"):
-        MMAPSConfig.tiny(region_mask_ratio=1.5)
+        preset_config("tiny", region_mask_ratio=1.5)
 
 
 def test_processor_packs_labels_regions_attributes_and_saves_vocabulary(tmp_path):
-    processor = MMAPSProcessor.tiny(attribute_vocabulary=["真皮", "黑色", "大容量"])
+    processor = preset_processor("tiny", attribute_vocabulary=["真皮", "黑色", "大容量"])
     batch = processor(
         ["这款包的材质很好", "简约百搭"], summaries=["时尚大容量", "黑色真皮手提"],
         visual_features=[[[0.1] * 16] * 3, None], visual_boxes=[[[0.0, 0.0, 0.5, 0.5]] * 3, None],
@@ -112,7 +103,7 @@ def test_processor_packs_labels_regions_attributes_and_saves_vocabulary(tmp_path
 def test_processor_mixes_products_with_and_without_images():
     from PIL import Image
 
-    processor = MMAPSProcessor.tiny()
+    processor = preset_processor("tiny")
     image = Image.new("RGB", (40, 30), color=(200, 30, 30))
     batch = processor(["这款包", "好", "大容量"], images=[image, None, image])
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
@@ -331,7 +322,7 @@ def test_bad_input_raises_a_clear_error_naming_the_field(change, field):
 
 
 def test_processor_rejects_empty_text_and_out_of_range_boxes():
-    processor = MMAPSProcessor.tiny()
+    processor = preset_processor("tiny")
     with pytest.raises(ValueError, match="text"):
         processor(["好", "  "])
     with pytest.raises(ValueError, match="visual_boxes"):
@@ -384,7 +375,7 @@ def test_beam_search_on_a_mixed_batch_matches_each_product_alone():
 
 def test_generation_uses_explicit_bos_eos_from_generation_config():
     model = tiny_model()
-    processor = MMAPSProcessor.tiny()
+    processor = preset_processor("tiny")
     model.generation_config.forced_bos_token_id = processor.tokenizer.cls_token_id
     model.generation_config.max_new_tokens = 6
     generated = model.generate(**processor(["这款包的材质很好"]))
@@ -402,7 +393,7 @@ def test_generation_uses_explicit_bos_eos_from_generation_config():
 
 def test_from_bart_pretrained_with_multimodal_parts_off_is_exactly_bart(tmp_path):
     torch.manual_seed(3)
-    bart_config = BartConfig(**MMAPSConfig.tiny().text_config.to_dict())
+    bart_config = BartConfig(**preset_config("tiny").text_config.to_dict())
     bart = BartForConditionalGeneration(bart_config).eval()
     with torch.no_grad():
         bart.final_logits_bias.normal_()  # a non-zero bias must be copied too
@@ -430,7 +421,7 @@ def test_from_bart_pretrained_with_multimodal_parts_off_is_exactly_bart(tmp_path
 
 
 def test_tiny_model_overfits_a_handful_of_products():
-    processor = MMAPSProcessor.tiny(attribute_vocabulary=["真皮", "黑色", "大容量", "防水", "轻便"])
+    processor = preset_processor("tiny", attribute_vocabulary=["真皮", "黑色", "大容量", "防水", "轻便"])
     texts = ["这款包的材质很好真皮手提", "简约百搭大容量单肩包", "商务风格黑色防水设计", "休闲轻便透气女士斜挎"]
     summaries = ["真皮手提时尚", "大容量百搭", "黑色防水商务", "轻便透气休闲"]
     attributes = [["真皮"], ["大容量"], ["黑色", "防水"], ["轻便"]]
@@ -439,7 +430,7 @@ def test_tiny_model_overfits_a_handful_of_products():
     boxes = [torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.2, 0.2, 0.8, 0.8]])] * 4
     batch = processor(texts, summaries=summaries, attributes=attributes, visual_features=features, visual_boxes=boxes)
     torch.manual_seed(0)
-    model = MMAPSForConditionalGeneration(MMAPSConfig.tiny(num_attributes=5))
+    model = MMAPSForConditionalGeneration(preset_config("tiny", num_attributes=5))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     first = None
@@ -472,8 +463,8 @@ def test_tiny_model_overfits_a_handful_of_products():
 def test_pixel_path_runs_a_vision_backbone_and_masks_missing_images():
     from PIL import Image
 
-    model = tiny_model(vision_config=MMAPSConfig.tiny_vision_config())
-    processor = MMAPSProcessor.tiny()
+    model = tiny_model(visual_input="images")
+    processor = preset_processor("tiny")
     images = [Image.new("RGB", (32, 32), color=(i * 60, 20, 200)) for i in range(3)]
     batch = processor(["这款包的材质很好", "简约百搭", "黑色", "大容量"], images=images + [None],
                       summaries=["真皮手提", "大容量", "黑色", "好"])
@@ -493,11 +484,11 @@ def test_pixel_path_runs_a_vision_backbone_and_masks_missing_images():
 
 def test_pixel_model_save_load_is_identical(tmp_path):
     # from_pretrained builds on the meta device: the backbone's buffers must come back right, not as garbage.
-    model = tiny_model(vision_config=MMAPSConfig.tiny_vision_config())
+    model = tiny_model(visual_input="images")
     model.save_pretrained(tmp_path)
     reloaded = MMAPSForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert reloaded.config.vision_config.model_type == "clip_vision_model"
-    batch = MMAPSProcessor.tiny()(["这款包", "简约百搭"], images=[None, None], summaries=["好", "大"])
+    batch = preset_processor("tiny")(["这款包", "简约百搭"], images=[None, None], summaries=["好", "大"])
     batch["pixel_values"] = torch.randn(2, 3, 32, 32)
     batch["image_mask"] = torch.tensor([1, 1])
     assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
@@ -510,7 +501,7 @@ def test_pixel_model_save_load_is_identical(tmp_path):
 
 def test_save_load_identical_and_clean_process_hub_load_generates_the_same_text(tmp_path):
     model = tiny_model()
-    processor = MMAPSProcessor.tiny(attribute_vocabulary=["真皮", "黑色"])
+    processor = preset_processor("tiny", attribute_vocabulary=["真皮", "黑色"])
     folder = tmp_path / "mmaps"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -1,6 +1,8 @@
-"""`evaluate` module for the CEPSUM ROUGE protocol: `evaluate.load("<path>/metrics/cepsum_rouge")`.
+"""`evaluate` module for the CEPSUM ROUGE protocol.
 
-The scoring itself lives once, in `modeling_mmaps.summarization_metrics.cepsum_rouge` (character
+    metric = evaluate.load("modeling_mmaps/evaluation/evaluate_modules/cepsum_rouge")
+
+The scoring itself lives once, in `modeling_mmaps.evaluation.summarization_metrics.cepsum_rouge` (character
 ROUGE-1/2 clipped F1 and the `rouge` 1.0.1 package's set-based summary-level union-LCS ROUGE-L on
 sentences split on "。", each candidate against every reference, averaged over references then
 products, ×100). This wrapper only gives it the `evaluate` interface, so it loads offline.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from modeling_mmaps.summarization_metrics import cepsum_rouge
+from modeling_mmaps.evaluation.summarization_metrics import cepsum_rouge
 
 _CITATION = "MMAPS (KDEGroup/MMAPS, 2024) and CEPSUM (Yuan et al., AAAI 2020): the original utils/metric.py protocol."
 _DESCRIPTION = __doc__
@@ -22,7 +24,7 @@ Args:
 Returns:
     {"rouge1": float, "rouge2": float, "rougeL": float}, F measures ×100.
 Example:
-    >>> metric = evaluate.load("modeling_mmaps/metrics/cepsum_rouge")
+    >>> metric = evaluate.load("modeling_mmaps/evaluation/evaluate_modules/cepsum_rouge")
     >>> metric.compute(predictions=["红色包"], references=[["红色的包", "包"]])
 """
 

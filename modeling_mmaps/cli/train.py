@@ -1,36 +1,40 @@
-"""``mmaps-train``: fine-tune MMAPS on a CEPSUM-layout folder with :class:`MMAPSTrainer`.
+"""``mmaps-train``: fine-tune MMAPS on a CEPSUM-layout folder with :class:`~modeling_mmaps.MMAPSTrainer`.
 
-    mmaps-train --data_dir D --output_dir O --config_name tiny [any Seq2SeqTrainingArguments flag]
+::
+
+    mmaps-train --data_dir D --output_dir O --config_name tiny-scratch [any Seq2SeqTrainingArguments flag]
     mmaps-train --data_dir D --output_dir O --model_name_or_path M ...
+    mmaps-train ... --save_strategy steps --resume_from_checkpoint last
 
-``--config_name tiny`` builds a CPU-sized model from scratch: a character vocabulary read off the
-training texts and summaries, ``MMAPSConfig.tiny()`` sized to it (text side widened to d_model 64, two
-encoder layers: ``TINY_TEXT_OVERRIDES``), and (for ``--visual_input images``)
-a tiny CLIP vision tower on raw images. ``--model_name_or_path`` loads a saved MMAPS model and its
-processor (or, with ``--from_bart``, starts from a BART checkpoint). The attribute vocabulary is built
-from the training references (top ``--attribute_top_n`` words per category) unless the processor has
-one; it must match the model's attribute head. The model, processor (with its vocabulary) and
-``train_results.json``/``eval_results.json`` land in ``--output_dir``.
+``--config_name`` names a preset of :mod:`modeling_mmaps.presets` (``tiny``, ``tiny-scratch``, ``base``) and builds
+it from scratch with :func:`~modeling_mmaps.presets.preset_model`: a character vocabulary read off the training
+texts and summaries, the preset's sizes fitted to it, and (for ``--visual_input images`` or ``none``) the preset's
+vision tower on raw images. ``tiny-scratch`` is the CPU-sized model that learns the synthetic set.
+``--model_name_or_path`` loads a saved MMAPS model and its processor with the Auto classes (or, with
+``--from_bart``, starts from a BART checkpoint). The attribute vocabulary is built from the training references
+(top ``--attribute_top_n`` words per category) unless the processor has one; it must match the model's attribute
+head. ``--resume_from_checkpoint last`` resumes from the latest complete ``checkpoint-N`` in ``--output_dir``. The
+model, processor (with its vocabulary), ``train_results.json`` and the dev split's ``eval_results.json`` (a metrics
+report, ``hub_cards.metrics_report``) land in ``--output_dir``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import HfArgumentParser, set_seed
+from transformers import AutoModelForSeq2SeqLM, AutoProcessor, HfArgumentParser, set_seed
 from transformers.utils import logging
 
-from modeling_csmcir.atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
+from hub_cards.metrics_report import write_metrics_report
 
-from .attributes import (
-    build_attribute_vocabulary,
-    check_vocabulary_matches_model,
-    merge_attribute_vocabularies,
-)
-from .cepsum_data import MMAPSDataCollator, load_cepsum_split
-from .trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments
+from ..data.attributes import build_attribute_vocabulary, check_vocabulary_matches_model, merge_attribute_vocabularies
+from ..data.cepsum import MMAPSDataCollator, load_cepsum_split
+from ..presets import PRESETS, character_vocabulary, preset_model
+from ..trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments, latest_complete_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -40,11 +44,12 @@ class ModelArguments:
     """Which model to train."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "Saved MMAPS folder/repo (or BART with --from_bart)."})
-    config_name: str | None = field(default=None, metadata={"help": "'tiny': a CPU-sized model from scratch."})
+    config_name: str | None = field(
+        default=None, metadata={"help": f"A preset to build from scratch: {', '.join(PRESETS)} (modeling_mmaps.presets)."})
     from_bart: bool = field(default=False, metadata={"help": "model_name_or_path is a BART checkpoint to start from."})
     visual_input: str = field(default="images", metadata={"help": "images | regions | none (image-blind ablation)."})
-    image_size: int = field(default=32, metadata={"help": "Image side for the tiny vision tower."})
-    trust_remote_code: bool = field(default=True, metadata={"help": "Allow a saved folder's own code."})
+    image_size: int = field(default=32, metadata={"help": "Image side of a preset's vision tower."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a saved folder's own code."})
 
 
 @dataclass
@@ -63,70 +68,23 @@ class DataArguments:
     max_target_length: int | None = field(default=None, metadata={"help": "Token limit of the summary."})
 
 
-#: The `--config_name tiny` text model: MMAPSConfig.tiny()'s BART widened to learn the synthetic set on a CPU.
-TINY_TEXT_OVERRIDES: dict[str, int] = dict(
-    d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
-    encoder_ffn_dim=128, decoder_ffn_dim=128,
-)
-
-
-def _characters(dataset: Any) -> list[str]:
-    """Every character of the texts and references, lower-cased (the tokenizer lower-cases), sorted."""
-    chars: set[str] = set()
-    for src, tgt in zip(dataset["src"], dataset["tgt"]):
-        chars.update(src.lower())
-        for t in tgt:
-            chars.update(t.lower())
-    return sorted(c for c in chars if not c.isspace())
-
-
-def build_tiny_model(train_dataset: Any, attribute_vocabulary: list[str], model_args: ModelArguments,
-                     data_args: DataArguments) -> tuple[Any, Any]:
-    """A from-scratch tiny MMAPS model and its processor, with a character vocabulary read off the data."""
-    from .configuration_mmaps import MMAPSConfig
-    from .modeling_mmaps import MMAPSForConditionalGeneration
-    from .processing_mmaps import MMAPSProcessor
-
-    max_source = data_args.max_source_length or 160
-    max_target = data_args.max_target_length or 40
-    processor = MMAPSProcessor.from_vocabulary(
-        _characters(train_dataset), image_size=model_args.image_size, attribute_vocabulary=attribute_vocabulary,
-        max_source_length=max_source, max_target_length=max_target, max_regions=6,
-    )
-    # MMAPSConfig.tiny() (d_model 32, one layer each side) never learned to copy attributes from the text in 800
-    # steps on the synthetic set; d_model 64 with two encoder layers did, still at ~0.2 s per step of 16 on one CPU.
-    overrides: dict[str, Any] = dict(
-        text_config={
-            "vocab_size": len(processor.tokenizer), "max_position_embeddings": max(max_source, max_target) + 8,
-            **TINY_TEXT_OVERRIDES,
-        },
-        num_attributes=len(attribute_vocabulary),
-        fusion_hidden_size=32,
-    )
-    if model_args.visual_input in ("images", "none"):
-        # "none" keeps the vision tower so the ablation is the same model, only fed no images.
-        overrides["vision_config"] = MMAPSConfig.tiny_vision_config(image_size=model_args.image_size)
-    config = MMAPSConfig.tiny(**overrides)
-    model = MMAPSForConditionalGeneration(config)
-    return model, processor
-
-
-def load_model(model_args: ModelArguments, data_args: DataArguments, train_dataset: Any,
-               attribute_vocabulary: list[str]) -> tuple[Any, Any]:
+def _load_model(model_args: ModelArguments, data_args: DataArguments, train_dataset: Any,
+                attribute_vocabulary: list[str]) -> tuple[Any, Any]:
     """The model and processor named by the arguments (see the module docstring)."""
-    if model_args.config_name == "tiny":
-        return build_tiny_model(train_dataset, attribute_vocabulary, model_args, data_args)
     if model_args.config_name is not None:
-        raise ValueError(f"config_name: only 'tiny' is built in, got {model_args.config_name!r}")
+        texts = [*train_dataset["src"], *(t for refs in train_dataset["tgt"] for t in refs)]
+        return preset_model(
+            model_args.config_name, tokens=character_vocabulary(texts), attribute_vocabulary=attribute_vocabulary,
+            visual_input=model_args.visual_input, image_size=model_args.image_size,
+            max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+        )
     if not model_args.model_name_or_path:
-        raise ValueError("pass --config_name tiny or --model_name_or_path")
-    from transformers import AutoModelForSeq2SeqLM, AutoProcessor
-
+        raise ValueError(f"pass --config_name (one of {', '.join(PRESETS)}) or --model_name_or_path")
     if model_args.from_bart:
         from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-        from .modeling_mmaps import MMAPSForConditionalGeneration
-        from .processing_mmaps import MMAPSProcessor
+        from ..modeling_mmaps import MMAPSForConditionalGeneration
+        from ..processing_mmaps import MMAPSProcessor
 
         model = MMAPSForConditionalGeneration.from_bart_pretrained(
             model_args.model_name_or_path, num_attributes=len(attribute_vocabulary)
@@ -167,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_category = build_attribute_vocabulary(by_category, data_args.attribute_top_n, language=training_args.summary_language,
                                               min_count=data_args.attribute_min_count)
     vocabulary = merge_attribute_vocabularies(per_category)
-    model, processor = load_model(model_args, data_args, train, vocabulary)
+    model, processor = _load_model(model_args, data_args, train, vocabulary)
     if getattr(processor, "attribute_vocabulary", None):
         check_vocabulary_matches_model(processor.attribute_vocabulary, model.config.num_attributes)
     if data_args.max_source_length:
@@ -178,24 +136,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     collator = MMAPSDataCollator(processor, visual_input=model_args.visual_input, language=training_args.summary_language)
     trainer = MMAPSTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                            data_collator=collator, processing_class=processor)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = latest_complete_checkpoint(training_args.output_dir)
+        if resume is None:
+            logger.warning(f"no complete checkpoint in {training_args.output_dir}: training from the start")
+    train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     processor.save_pretrained(training_args.output_dir)
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    write_json_atomically(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics, indent=2)
+    write_json_atomically(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics)
     metrics: dict[str, Any] = {}
     if evaluation is not None:
         metrics = trainer.evaluate()
-        write_json_atomically(os.path.join(training_args.output_dir, "eval_results.json"), metrics, indent=2)
+        write_metrics_report(
+            os.path.join(training_args.output_dir, "eval_results.json"), metrics,
+            protocol=trainer.evaluation_protocol, dataset=os.path.basename(os.path.normpath(data_args.data_dir)),
+            split=data_args.eval_split, model=training_args.output_dir,
+            settings={"visual_input": model_args.visual_input,
+                      "generation_num_beams": training_args.generation_num_beams,
+                      "generation_max_length": training_args.generation_max_length},
+        )
     logger.info("mmaps-train finished: %s", metrics)
     return metrics
 
 
 def console_main() -> None:
-    """Entry point of the ``mmaps-train`` console script: `main` returns its result to Python callers, and a console
-    script would hand that object to ``sys.exit`` (exit status 1), so this wrapper discards it."""
-    main()
+    """Entry point of the ``mmaps-train`` console script: exit 0 on success, a one-line error otherwise."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"mmaps-train: error: {error}")
 
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -1,6 +1,6 @@
 """Loading CEPSUM / JD product-summarization data into ``datasets`` objects.
 
-On-disk layout (the one CEPSUM ships and :mod:`modeling_mmaps.synthetic_products` writes)::
+On-disk layout (the one CEPSUM ships and :mod:`modeling_mmaps.data.synthetic` writes)::
 
     data_dir/
       {category}_{split}.json        {sku: {"src": long product text, "tgt": [reference summaries]}}
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from transformers.utils import logging
+
+from hub_cards.atomic_files import atomic_path
 
 logger = logging.get_logger(__name__)
 
@@ -259,18 +261,11 @@ def write_region_features(path: str | os.PathLike, regions: dict[str, dict[str, 
     (atomically: a temp file renamed into place)."""
     import h5py
 
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            for sku, parts in regions.items():
-                group = f.create_group(sku)
-                for key, value in parts.items():
-                    group.create_dataset(key, data=value)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for sku, parts in regions.items():
+            group = f.create_group(sku)
+            for key, value in parts.items():
+                group.create_dataset(key, data=value)
 
 
 class MMAPSDataCollator:

@@ -1,4 +1,4 @@
-"""A synthetic multimodal product-summarization set in the CEPSUM layout, and the ``mmaps-synth`` CLI.
+"""A synthetic multimodal product-summarization set in the CEPSUM layout (what ``mmaps-synth`` writes).
 
 Why it exists: CEPSUM is only available on application, yet the loaders, trainer, metrics and pipeline
 must run end to end offline, and the set must be hard in the way that makes MMAPS's image side matter.
@@ -369,7 +369,7 @@ def _write_products(
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from .cepsum_data import write_region_features
+    from .cepsum import write_region_features
 
     rng = random.Random(seed)
     os.makedirs(os.path.join(root, "images"))
@@ -414,7 +414,7 @@ def _write_products(
     for split, entries in meta.items():
         _write_json(os.path.join(root, f"synthetic_attributes.{split}.json"), entries)
     info = {
-        "generator": "modeling_mmaps.synthetic_products",
+        "generator": "modeling_mmaps.data.synthetic",
         "language": language,
         "num_products": num_products,
         "seed": seed,
@@ -449,48 +449,3 @@ def image_only_mention_rate(predictions: dict[str, str], attributes: dict[str, d
             total += 1
             hit += word.lower() in text.lower()
     return hit / total if total else 0.0
-
-
-def lead_baseline(sources: list[str], length: int) -> list[str]:
-    """The lead-N baseline: the first ``length`` characters of each source text."""
-    return [s[:length] for s in sources]
-
-
-@dataclass
-class SynthArguments:
-    """Arguments of ``mmaps-synth``."""
-
-    output_dir: str = field(metadata={"help": "Folder to write the CEPSUM-layout set into."})
-    language: str = field(default="zh", metadata={"help": "zh (default, like CEPSUM) or en."})
-    num_products: int = field(default=600, metadata={"help": "Products over all categories and splits."})
-    seed: int = field(default=0, metadata={"help": "Random seed; the output is a pure function of it."})
-    image_size: int = field(default=64, metadata={"help": "Side of the rendered square images, in pixels."})
-    image_only_rate: float = field(default=0.5, metadata={"help": "Probability that the colour is left out of the text."})
-    pattern_image_only_rate: float = field(default=0.3, metadata={"help": "Probability that the pattern is left out of the text."})
-    region_features: bool = field(default=True, metadata={"help": "Also write frcnn_{cat}_{split}.h5 region features."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``mmaps-synth --output_dir D [--language zh|en] [--num_products N] [--seed S]``."""
-    from transformers import HfArgumentParser
-
-    (args,) = HfArgumentParser(SynthArguments).parse_args_into_dataclasses(args=argv)
-    info = generate_synthetic_products(
-        args.output_dir, language=args.language, num_products=args.num_products, seed=args.seed,
-        image_size=args.image_size, image_only_rate=args.image_only_rate,
-        pattern_image_only_rate=args.pattern_image_only_rate, region_features=args.region_features,
-        overwrite=args.overwrite,
-    )
-    print(json.dumps(info, ensure_ascii=False))
-    return info
-
-
-def console_main() -> None:
-    """Entry point of the ``mmaps-synth`` console script: `main` returns its result to Python callers, and a console
-    script would hand that object to ``sys.exit`` (exit status 1), so this wrapper discards it."""
-    main()
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from modeling_mmaps.attributes import (
+from modeling_mmaps.data.attributes import (
     attribute_labels,
     build_attribute_vocabulary,
     check_vocabulary_matches_model,
@@ -18,12 +18,8 @@ from modeling_mmaps.attributes import (
     merge_attribute_vocabularies,
     save_attribute_vocabulary,
 )
-from modeling_mmaps.cepsum_data import MMAPSDataCollator, RegionFeatureReader, load_cepsum, load_cepsum_split
-from modeling_mmaps.synthetic_products import (
-    generate_synthetic_products,
-    image_only_mention_rate,
-    load_synthetic_attributes,
-)
+from modeling_mmaps.data.cepsum import MMAPSDataCollator, RegionFeatureReader, load_cepsum, load_cepsum_split
+from modeling_mmaps.data.synthetic import generate_synthetic_products, image_only_mention_rate, load_synthetic_attributes
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def test_synthetic_refuses_to_overwrite_and_leaves_nothing_on_bad_args(tmp_path,
 
 
 def test_mmaps_synth_cli(tmp_path):
-    from modeling_mmaps.synthetic_products import main
+    from modeling_mmaps.cli.synth import main
 
     info = main(["--output_dir", str(tmp_path / "cli"), "--num_products", "9", "--seed", "1", "--region_features", "false"])
     assert info["splits"]["clothing"] == {"train": 1, "dev": 1, "test": 1}
@@ -199,9 +195,10 @@ def test_image_only_mention_rate():
 # -- collator ------------------------------------------------------------------------------------------------------
 def test_collator_builds_model_inputs_with_and_without_images(synthetic_dir):
     from modeling_mmaps import MMAPSProcessor
+    from modeling_mmaps.presets import character_vocabulary
 
     rows = load_cepsum_split(synthetic_dir, "dev")
-    chars = sorted({c for s in list(rows["src"]) + [t for ts in rows["tgt"] for t in ts] for c in s.lower()} - {" "})
+    chars = character_vocabulary(list(rows["src"]) + [t for ts in rows["tgt"] for t in ts])
     processor = MMAPSProcessor.from_vocabulary(chars, image_size=32, attribute_vocabulary=["红色", "黑色", "条纹"],
                                                max_regions=6)
     items = [rows[i] for i in range(len(rows))]

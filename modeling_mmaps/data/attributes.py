@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from transformers.utils import logging
 
-from modeling_csmcir.atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
 
 logger = logging.get_logger(__name__)
 

@@ -8,25 +8,11 @@ import pytest
 import torch
 
 from modeling_mmaps import MMAPSTrainer, MMAPSTrainingArguments, cepsum_rouge
-from modeling_mmaps.attributes import build_attribute_vocabulary, merge_attribute_vocabularies
-from modeling_mmaps.cepsum_data import MMAPSDataCollator, load_cepsum_split
-from modeling_mmaps.synthetic_products import (
-    generate_synthetic_products,
-    image_only_mention_rate,
-    lead_baseline,
-    load_synthetic_attributes,
-)
-from modeling_mmaps.train_cli import DataArguments, ModelArguments, build_tiny_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine two torch threads per process make training ~30x slower (measured: 6 s vs 0.2 s
-    # per step), so these tests train single-threaded.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from modeling_mmaps.data.attributes import build_attribute_vocabulary, merge_attribute_vocabularies
+from modeling_mmaps.data.cepsum import MMAPSDataCollator, load_cepsum_split
+from modeling_mmaps.data.synthetic import generate_synthetic_products, image_only_mention_rate, load_synthetic_attributes
+from modeling_mmaps.evaluation.summarization_metrics import lead_baseline, mean_reference_length
+from modeling_mmaps.presets import character_vocabulary, preset_model
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +35,9 @@ def _args(tmp_path, **overrides):
 def _trainer(data_dir, tmp_path, visual_input="images", **overrides):
     train = load_cepsum_split(data_dir, "train", explode_references=True)
     vocabulary = merge_attribute_vocabularies(build_attribute_vocabulary({"all": list(train["tgt"])}, 20))
-    model, processor = build_tiny_model(train, vocabulary, ModelArguments(visual_input=visual_input), DataArguments(data_dir=data_dir))
+    texts = [*train["src"], *(t for refs in train["tgt"] for t in refs)]
+    model, processor = preset_model("tiny-scratch", tokens=character_vocabulary(texts), attribute_vocabulary=vocabulary,
+                                    visual_input=visual_input)
     trainer = MMAPSTrainer(
         model=model, args=_args(tmp_path, **overrides), train_dataset=train,
         eval_dataset=load_cepsum_split(data_dir, "dev"),
@@ -90,12 +78,12 @@ def test_each_task_loss_is_logged_and_evaluation_generates_with_images(small_set
 
 
 def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
-    from modeling_mmaps.eval_cli import main as eval_main
-    from modeling_mmaps.train_cli import main as train_main
+    from modeling_mmaps.cli.eval import main as eval_main
+    from modeling_mmaps.cli.train import main as train_main
 
     out = tmp_path / "model"
     train_main([
-        "--data_dir", small_set, "--output_dir", str(out), "--config_name", "tiny", "--max_steps", "2",
+        "--data_dir", small_set, "--output_dir", str(out), "--config_name", "tiny-scratch", "--max_steps", "2",
         "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
         "--generation_num_beams", "1", "--generation_max_length", "8", "--attribute_top_n", "10", "--disable_tqdm", "true",
     ])
@@ -109,7 +97,8 @@ def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
         "--data_dir", small_set, "--model_name_or_path", str(out), "--split", "test", "--output_dir", str(tmp_path / "eval"),
         "--num_beams", "1", "--max_new_tokens", "8",
     ])
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    written = {**report["metrics"], **report["settings"]}
     assert written["rouge2"] == pytest.approx(metrics["rouge2"])
     assert {"rouge1", "rougeL", "bleu1", "attribute_f1", "image_only_attribute_mention_rate"} <= set(written)
     assert any(k.startswith("lead") and k.endswith("_rougeL") for k in written)
@@ -143,7 +132,7 @@ def _learning_check(tmp_path, num_products, steps, check_images):
     generate_synthetic_products(data_dir, num_products=num_products, seed=0)
     with_images, test = _train_and_score(data_dir, tmp_path, "images", steps)
     references = [list(t) for t in test["tgt"]]
-    lead_chars = round(sum(len(r) for refs in references for r in refs) / sum(len(refs) for refs in references))
+    lead_chars = mean_reference_length(references)
     lead = cepsum_rouge(lead_baseline(list(test["src"]), lead_chars), references)
     model = cepsum_rouge(with_images, references)
     assert model["rougeL"] > lead["rougeL"] + 10.0, (model, lead)

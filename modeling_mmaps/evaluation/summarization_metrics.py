@@ -23,7 +23,9 @@ The CEPSUM numbers in the MMAPS literature come from the original code's ``utils
   so spaces are tokens too), weights (1,0,0,0), (.5,.5,0,0), (.333,.333,.334,0), (.25,.25,.25,.25).
 
 Beside it, :func:`english_rouge` is a standard ``rouge_score`` ROUGE with the tokenizer fixed
-(lower-cased Unicode words), for English summaries; scores from the two are not comparable.
+(lower-cased Unicode words), for English summaries; scores from the two are not comparable. ``PROTOCOLS`` words
+both in one sentence each, as metrics reports and model cards state them; :func:`lead_baseline` is the lead-N
+baseline scored beside a model.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+#: The scoring protocol behind ``summarization_scores(language=...)``, as reports and model cards state it.
+PROTOCOLS: dict[str, str] = {
+    "zh": "CEPSUM protocol: character-level ROUGE-1/2 (clipped n-gram F1) and set-based summary-level ROUGE-L "
+          "(sentences split on 。) of each summary against every reference, averaged over references then products, "
+          "x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of the summary vs. "
+          "those of any reference",
+    "en": "standard ROUGE-1/2/Lsum F (rouge_score, lower-cased Unicode words, best reference per product) averaged "
+          "over products, x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of "
+          "the summary vs. those of any reference",
+}
 CEPSUM_SENTENCE_DELIMITER = "。"
 BLEU_WEIGHTS: dict[str, tuple[float, ...]] = {
     "bleu1": (1.0, 0.0, 0.0, 0.0),
@@ -290,6 +302,23 @@ def english_rouge(predictions: Sequence[str], references: Sequence[Sequence[str]
 
 
 # ----------------------------------------------------------------------------------------------
+# Baseline
+# ----------------------------------------------------------------------------------------------
+
+
+def lead_baseline(sources: Sequence[str], length: int) -> list[str]:
+    """The lead-N baseline: the first ``length`` characters of each source text."""
+    return [s[:length] for s in sources]
+
+
+def mean_reference_length(references: Sequence[Sequence[str]]) -> int:
+    """The mean length in characters of all references (every reference of every product), rounded: the N of the
+    lead-N baseline."""
+    lengths = [len(r) for refs in references for r in refs]
+    return round(sum(lengths) / len(lengths))
+
+
+# ----------------------------------------------------------------------------------------------
 # Trainer hook
 # ----------------------------------------------------------------------------------------------
 
@@ -309,7 +338,7 @@ def summarization_scores(
     scores = dict(cepsum_rouge(predictions, references) if language == "zh" else english_rouge(predictions, references))
     scores.update(cepsum_bleu(predictions, references))
     if attribute_vocabulary:
-        from .attributes import find_attributes
+        from ..data.attributes import find_attributes
 
         pred_attrs = [find_attributes(p, attribute_vocabulary, language=language) for p in predictions]
         gold_attrs = [set().union(*(find_attributes(r, attribute_vocabulary, language=language) for r in refs)) for refs in references]

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import pipelines  # noqa: F401  (registers the task)
-from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration, MMAPSProcessor
+from modeling_mmaps import MMAPSForConditionalGeneration, MMAPSProcessor
+from modeling_mmaps.presets import preset_config, preset_processor
 from tests.hub_isolation import run_isolated
 
 VOCAB = ["红色", "黑色", "纯棉", "条纹"]
@@ -26,10 +27,8 @@ def _processor(vocabulary=VOCAB):
 def saved_model(tmp_path_factory):
     torch.manual_seed(0)
     processor = _processor()
-    config = MMAPSConfig.tiny(
-        text_config={"vocab_size": len(processor.tokenizer)}, num_attributes=len(VOCAB),
-        vision_config=MMAPSConfig.tiny_vision_config(),
-    )
+    config = preset_config("tiny", visual_input="images", text_vocab_size=len(processor.tokenizer),
+                           num_attributes=len(VOCAB))
     model = MMAPSForConditionalGeneration(config).eval()
     with torch.no_grad():  # a fresh model starts with the image fusion switched off; perturb it so images matter
         for parameter in model.parameters():
@@ -118,7 +117,7 @@ def test_region_model_rejects_images(tmp_path):
     from transformers import pipeline
 
     processor = _processor()
-    config = MMAPSConfig.tiny(text_config={"vocab_size": len(processor.tokenizer)}, num_attributes=len(VOCAB))
+    config = preset_config("tiny", text_vocab_size=len(processor.tokenizer), num_attributes=len(VOCAB))
     model = MMAPSForConditionalGeneration(config).eval()
     pipe = pipeline("product-summarization", model=model, processor=processor)
     with pytest.raises(ValueError, match="region features"):
@@ -154,12 +153,12 @@ def test_a_batch_mixing_products_with_and_without_regions_equals_single_calls_an
     from transformers import pipeline
 
     torch.manual_seed(0)
-    model = MMAPSForConditionalGeneration(MMAPSConfig.tiny()).eval()
+    model = MMAPSForConditionalGeneration(preset_config("tiny")).eval()
     with torch.no_grad():
         for parameter in model.parameters():  # an untrained model's fusion starts closed: make images matter
             parameter.add_(torch.randn_like(parameter) * 0.05)
     model.save_pretrained(tmp_path)
-    MMAPSProcessor.tiny().save_pretrained(tmp_path)
+    preset_processor("tiny").save_pretrained(tmp_path)
     summarizer = pipeline("product-summarization", model=str(tmp_path), trust_remote_code=True)
     with_regions = {"text": "红色棉质T恤，舒适透气", "visual_features": np.random.rand(3, 16).astype("float32"),
                     "visual_boxes": np.array([[0, 0, 0.5, 0.5]] * 3, dtype="float32")}

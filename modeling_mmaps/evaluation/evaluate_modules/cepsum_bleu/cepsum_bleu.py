@@ -1,7 +1,7 @@
 """`evaluate` module for character-level corpus BLEU-1..4 as the MMAPS original reports it.
 
-`evaluate.load("<path>/metrics/cepsum_bleu")`. The scoring lives in
-`modeling_mmaps.summarization_metrics.cepsum_bleu` (NLTK corpus BLEU over characters, no smoothing, ×100).
+`evaluate.load("modeling_mmaps/evaluation/evaluate_modules/cepsum_bleu")`. The scoring lives in
+`modeling_mmaps.evaluation.summarization_metrics.cepsum_bleu` (NLTK corpus BLEU over characters, no smoothing, ×100).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from modeling_mmaps.summarization_metrics import cepsum_bleu
+from modeling_mmaps.evaluation.summarization_metrics import cepsum_bleu
 
 _CITATION = "MMAPS (KDEGroup/MMAPS, 2024): the original utils/metric.py protocol; BLEU (Papineni et al., 2002)."
 _DESCRIPTION = __doc__

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from modeling_mmaps import summarization_metrics as sm
-from modeling_mmaps.summarization_metrics import (
+from modeling_mmaps.evaluation import summarization_metrics as sm
+from modeling_mmaps.evaluation.summarization_metrics import (
     attribute_prf,
     cepsum_bleu,
     cepsum_rouge,
@@ -133,10 +133,11 @@ def test_evaluate_module_loads_offline_from_its_folder():
 
     import modeling_mmaps
 
-    folder = os.path.join(os.path.dirname(modeling_mmaps.__file__), "metrics", "cepsum_rouge")
+    modules = os.path.join(os.path.dirname(modeling_mmaps.__file__), "evaluation", "evaluate_modules")
+    folder = os.path.join(modules, "cepsum_rouge")
     metric = evaluate.load(folder)
     out = metric.compute(predictions=["红色包", "白色"], references=[["红色的包", "包"], ["白色"]])
     assert out["rouge2"] == pytest.approx(60.0)
-    bleu = evaluate.load(os.path.join(os.path.dirname(modeling_mmaps.__file__), "metrics", "cepsum_bleu"))
+    bleu = evaluate.load(os.path.join(modules, "cepsum_bleu"))
     assert bleu.compute(predictions=["红色的包"], references=[["红色的包"]])["bleu4"] == pytest.approx(100.0)
     json.dumps(out)  # plain floats
