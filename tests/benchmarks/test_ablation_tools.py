@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
-from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
+from modeling_csmcir import CSMCIRModel
 from modeling_csmcir.cached_training import (
-    CachedCIRCollator, CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, small_csmcir_config, steps_to_reach,
-    train_cached,
+    CachedCIRCollator, CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, steps_to_reach, train_cached,
 )
-from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
-from modeling_csmcir.visualize_cli import run_visualization, symmetry_stats
+from modeling_csmcir.cli.visualize import main as run_visualization
+from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
+from modeling_csmcir.evaluation.symmetry import symmetry_stats
+from modeling_csmcir.presets import preset_config, preset_processor
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def tiny_benchmark(tmp_path_factory):
     root = tmp_path_factory.mktemp("cir")
     generate_synthetic_cir(SyntheticCIRConfig(output_dir=str(root), num_images=120, image_size=32, min_objects=1,
                                               max_objects=2, pairs_per_set=2))
-    processor = CSMCIRProcessor.tiny(image_size=32)
+    processor = preset_processor("tiny", image_size=32)
     return root, processor, CachedCIRSplit(root, "train", processor), CachedCIRSplit(root, "val", processor)
 
 
@@ -58,7 +59,7 @@ def test_collator_rows_match_the_split(tiny_benchmark):
 
 def test_training_through_csmcir_trainer_records_a_curve(tiny_benchmark, tmp_path):
     _, processor, train, val = tiny_benchmark
-    config = small_csmcir_config(len(processor.tokenizer), hidden_size=32, num_layers=1)
+    config = preset_config("small", vocab_size=len(processor.tokenizer), hidden_size=32, num_layers=1)
     untrained = evaluate_cached(CSMCIRModel(config), val, True)
     assert 0.0 <= untrained["recall_at_1"] <= untrained["recall_at_5"] <= 100.0
     model, info = train_cached(config, train, val, CachedRunSettings(max_steps=12, batch_size=8, eval_every=6,

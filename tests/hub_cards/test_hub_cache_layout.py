@@ -28,8 +28,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 import pipelines  # noqa: F401 - registers the package's pipeline tasks
 from hub_cards import write_csmcir_card, write_mmaps_card
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor
-from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration, MMAPSProcessor
+from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
+from modeling_csmcir.presets import preset_model
+from modeling_mmaps import MMAPSForConditionalGeneration, MMAPSProcessor
+from modeling_mmaps.presets import preset_config as mmaps_preset_config
+from modeling_mmaps.presets import preset_processor as mmaps_preset_processor
 from tests.hub_isolation import run_isolated
 
 CIR_REPO = "test-org/csmcir-tiny"
@@ -100,16 +103,16 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     cir_raw, cir_folder, sum_folder, cache = root / "cir_raw", root / "cir", root / "mmaps", root / "cache"
 
-    processor = CSMCIRProcessor.tiny()
     torch.manual_seed(0)
-    CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer))).eval().save_pretrained(cir_raw)
+    model, processor = preset_model("tiny")
+    model.eval().save_pretrained(cir_raw)
     processor.save_pretrained(cir_raw)
     pipeline("composed-image-retrieval", model=str(cir_raw), trust_remote_code=True, device="cpu").save_pretrained(cir_folder)
     write_csmcir_card(cir_folder, metrics={"protocol": "synthetic check", "recall_at_1": 12.5}, repo_id=CIR_REPO)
 
     torch.manual_seed(0)
-    sum_processor = MMAPSProcessor.tiny(attribute_vocabulary=["真皮", "黑色"])
-    sum_model = MMAPSForConditionalGeneration(MMAPSConfig.tiny(num_attributes=2)).eval()
+    sum_processor = mmaps_preset_processor("tiny", attribute_vocabulary=["真皮", "黑色"])
+    sum_model = MMAPSForConditionalGeneration(mmaps_preset_config("tiny", num_attributes=2)).eval()
     has_summarization_pipeline = "product-summarization" in PIPELINE_REGISTRY.get_supported_tasks()
     if has_summarization_pipeline:
         sum_model.save_pretrained(root / "mmaps_raw")
