@@ -205,6 +205,10 @@ def _show_summaries(rows: list[dict[str, Any]]) -> None:
               f"    attributes: {', '.join(row['attributes'])}")
 
 
+#: Each system: how to run it, the code that reloads its Hub folder in a clean process, how to show what that printed.
+SYSTEMS = {"csmcir": (run_csmcir, _CSMCIR_RELOAD, _show_retrievals), "mmaps": (run_mmaps, _MMAPS_RELOAD, _show_summaries)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the main job; returns the metrics of both models."""
     parser = argparse.ArgumentParser(description="Train, evaluate, publish and reload CSMCIR and MMAPS on synthetic data.")
@@ -225,22 +229,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {}
 
-    if args.only in (None, "csmcir"):
-        cir = run_csmcir(root, budget, args.seed)
-        _banner(f"CSMCIR reloaded from {cir['folder']} in a fresh process (trust_remote_code, package not importable)")
-        rows = run_in_clean_process(
-            _CSMCIR_RELOAD.format(data_dir=str(cir["data_dir"]), folder=str(cir["folder"]), shown=budget.shown), root
-        )
-        _show_retrievals(rows)
-        results["csmcir"] = cir["metrics"]
-    if args.only in (None, "mmaps"):
-        mm = run_mmaps(root, budget, args.seed)
-        _banner(f"MMAPS reloaded from {mm['folder']} in a fresh process (trust_remote_code, package not importable)")
-        rows = run_in_clean_process(
-            _MMAPS_RELOAD.format(data_dir=str(mm["data_dir"]), folder=str(mm["folder"]), shown=budget.shown), root
-        )
-        _show_summaries(rows)
-        results["mmaps"] = mm["metrics"]
+    for name in ("csmcir", "mmaps"):
+        if args.only not in (None, name):
+            continue
+        run, reload_code, show = SYSTEMS[name]
+        system = run(root, budget, args.seed)
+        _banner(f"{name.upper()} reloaded from {system['folder']} in a fresh process (trust_remote_code, package not importable)")
+        show(run_in_clean_process(
+            reload_code.format(data_dir=str(system["data_dir"]), folder=str(system["folder"]), shown=budget.shown), root
+        ))
+        results[name] = system["metrics"]
 
     _banner(f"Done in {time.perf_counter() - started:.0f} s. Hub-ready folders under {root}")
     for system, metrics in results.items():

@@ -169,6 +169,7 @@ def write_metrics_report(
     model: str | os.PathLike | None = None,
     settings: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    allow_empty: bool = False,
 ) -> Path:
     """Write a metrics report (the schema of the module docstring) atomically; returns the file's path.
 
@@ -181,9 +182,12 @@ def write_metrics_report(
             its name: never as an absolute path).
         settings: the evaluation's settings (batch size, decoding, ...); non-JSON values are written with ``str``.
         extra: further top-level keys (e.g. ``submission_files``); they may not replace a schema key.
+        allow_empty: write a report without metrics (a test split whose targets are hidden: the report then
+            records how its submission files were produced).
 
     Raises:
-        ValueError: a metric that is not a number, an ``extra`` key that is a schema key, or no metric at all.
+        ValueError: a metric that is not a number, an ``extra`` key that is a schema key, or no metric at all (unless
+            ``allow_empty``).
     """
     path = Path(path)
     if path.is_dir():
@@ -200,7 +204,7 @@ def write_metrics_report(
             logger.warning(f"{path}: metric {key} is {value}; written as null")
             value = None
         values[key] = value
-    if not values:
+    if not values and not allow_empty:
         raise ValueError(f"metrics: no metric to write into {path}")
     clashes = sorted(SCHEMA_KEYS & set(extra or {}))
     if clashes:

@@ -81,3 +81,12 @@ def test_a_non_finite_metric_is_written_as_null_and_left_out_when_read(tmp_path)
 def test_a_report_of_another_version_is_refused(tmp_path):
     with pytest.raises(ValueError, match="version 2"):
         parse_metrics({"format": REPORT_FORMAT, "version": 2, "metrics": {"rouge1": 1.0}}, source="m.json")
+
+
+def test_a_report_without_metrics_needs_allow_empty(tmp_path):
+    path = write_metrics_report(tmp_path / "m.json", {}, dataset="cirr", split="test1", allow_empty=True,
+                                extra={"submission_files": ["cirr_test1_recall.json"]})
+    payload = json.loads(path.read_text())
+    assert (payload["metrics"], payload["split"], payload["submission_files"]) == ({}, "test1", ["cirr_test1_recall.json"])
+    with pytest.raises(ValueError, match="no numeric metric"):
+        read_metrics_report(path)
