@@ -26,42 +26,20 @@ import torch
 from datasets import Image as ImageFeature
 from PIL import Image
 from torch.utils.data import Dataset
-from transformers import Blip2VisionConfig, TrainerCallback
+from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .cir_datasets import load_cirr
-from .cir_metrics import cirr_metrics
+from pipelines.gallery_index import encode_targets
+
 from .configuration_csmcir import CSMCIRConfig
+from .data.cirr import load_cirr
+from .evaluation.cir_metrics import cirr_metrics
 from .modeling_csmcir import CSMCIRModel
 from .processing_csmcir import CSMCIRProcessor
 from .trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
 
 
 logger = logging.get_logger(__name__)
-
-
-def small_csmcir_config(
-    vocab_size: int, image_size: int = 32, hidden_size: int = 64, num_layers: int = 2, share_qformer: bool = True,
-    freeze_vision: bool = False,
-) -> CSMCIRConfig:
-    """A CPU-sized CSMCIR config: ViT with 8-px patches, `num_layers` ViT and Q-Former layers of width `hidden_size`.
-
-    Trained from scratch, the vision tower must learn too (`freeze_vision=False`): a frozen *random* ViT gives the
-    Q-Former features it cannot learn from in a CPU budget (measured: val R@5 stayed near chance after 300 steps).
-    """
-    vision = Blip2VisionConfig(
-        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=4, image_size=image_size, patch_size=8,
-    )
-    qformer = dict(
-        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=4,
-        intermediate_size=2 * hidden_size, cross_attention_frequency=1, max_position_embeddings=64,
-        initializer_range=0.1,
-    )
-    return CSMCIRConfig.tiny(
-        vision_config=vision, qformer_config=qformer, embed_dim=64, num_query_tokens=8, freeze_vision=freeze_vision,
-        share_qformer=share_qformer,
-    )
 
 
 class CachedCIRSplit:
@@ -155,16 +133,22 @@ def encode_cached(model: CSMCIRModel, split: CachedCIRSplit, use_target_captions
     model.eval()
     n, m = len(split.gallery_ids), len(split)
 
-    def batched(fn, count):
-        return torch.cat([fn(slice(i, i + batch_size)) for i in range(0, count, batch_size)])
+    def target_batches(with_captions: bool):
+        for i in range(0, n, batch_size):
+            rows = slice(i, i + batch_size)
+            batch = {"pixel_values": split.pixel_values[rows]}
+            if with_captions:
+                batch.update(input_ids=split.caption_ids[rows], attention_mask=split.caption_mask[rows])
+            yield batch
 
-    gallery = batched(lambda s: model.get_target_features(
-        pixel_values=split.pixel_values[s],
-        input_ids=split.caption_ids[s] if use_target_captions else None,
-        attention_mask=split.caption_mask[s] if use_target_captions else None), n)
-    queries = batched(lambda s: model.get_query_features(
-        pixel_values=split.pixel_values[split.ref[s]], input_ids=split.text_ids[s], attention_mask=split.text_mask[s]), m)
-    images = batched(lambda s: model.get_target_features(pixel_values=split.pixel_values[s]), n)
+    gallery = encode_targets(model, target_batches(use_target_captions), total=n, show_progress=False)
+    images = encode_targets(model, target_batches(False), total=n, show_progress=False)
+    queries = torch.cat([
+        model.get_query_features(pixel_values=split.pixel_values[split.ref[i : i + batch_size]],
+                                 input_ids=split.text_ids[i : i + batch_size],
+                                 attention_mask=split.text_mask[i : i + batch_size])
+        for i in range(0, m, batch_size)
+    ])
     model.train(was_training)
     return {"gallery": gallery, "queries": queries, "images": images}
 
@@ -294,6 +278,6 @@ def quiet_transformers() -> None:
 
 __all__ = [
     "CachedCIRCollator", "CachedCIRDataset", "CachedCIRSplit", "CachedRunSettings", "encode_cached",
-    "evaluate_cached", "mean_std", "quiet_transformers", "small_csmcir_config", "steps_to_reach",
+    "evaluate_cached", "mean_std", "quiet_transformers", "steps_to_reach",
     "train_cached",
 ]

@@ -2,7 +2,7 @@
 
 CSMCIR (Qian et al., arXiv 2601.03728) keeps a bank of target embeddings produced by the model while it
 trains, and draws extra negatives for the in-batch InfoNCE from it. The paper's equations are not public;
-this file implements our reading, written down in ``DESIGN.md`` ("Memory bank"):
+this file implements our reading of it:
 
 * a ring buffer (XBM-style, Wang et al. 2020) of detached, L2-normalised target embeddings, each with its
   target id and the optimiser step it was encoded at;
@@ -12,9 +12,10 @@ this file implements our reading, written down in ``DESIGN.md`` ("Memory bank"):
   target's stale entry when it is encoded again, a warm-up step, and in-place refresh of the oldest
   entries (the trainer re-encodes them with the current model; possible because the towers are shared).
 
-The bank holds no parameters and takes no gradient; every operation is vectorised over entries. The
-trainer that feeds it is ``trainer_csmcir.CSMCIRTrainer``; the loss it plugs into is
-``modeling_csmcir.csmcir_contrastive_loss(logits_per_query, extra_negative_logits, target_ids)``.
+The bank is an ``nn.Module`` whose buffers are its whole state: ``state_dict()`` is what a checkpoint saves
+(``memory_bank.safetensors``) and ``.to(device)`` moves it with the model. It holds no parameters and takes no
+gradient; every operation is vectorised over entries. :func:`memory_bank_loss` is the training objective it
+feeds, so the bank and its loss live in this one file; ``CSMCIRTrainer`` only calls them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers.utils import logging
+
+from .modeling_csmcir import csmcir_contrastive_loss
 
 logger = logging.get_logger(__name__)
 
@@ -48,12 +52,33 @@ class BankSelection:
     num_candidates: float = 0.0
 
 
-class MemoryBank:
+def check_bank_settings(
+    capacity: int, dim: int, strategy: str, k_min: int, k_max: int, max_age: int | None, weight: float
+) -> None:
+    """Raise ``ValueError`` for settings no bank can run with. The one validation of the bank's settings: the
+    bank calls it, and ``CSMCIRTrainingArguments`` calls it at parse time (messages name both spellings)."""
+    if capacity <= 0:
+        raise ValueError(f"MemoryBank capacity (bank_size) must be a positive integer, got {capacity}")
+    if dim <= 0:
+        raise ValueError(f"MemoryBank dim must be a positive integer, got {dim}")
+    if strategy not in BANK_STRATEGIES:
+        raise ValueError(f"MemoryBank strategy (bank_strategy) must be one of {BANK_STRATEGIES}, got {strategy!r}")
+    if not 0 <= k_min <= k_max:
+        raise ValueError(f"MemoryBank needs 0 <= k_min <= k_max (bank_k_min, bank_k_max), got k_min={k_min}, "
+                         f"k_max={k_max}")
+    if not weight > 0:
+        raise ValueError(f"MemoryBank weight (bank_weight) must be > 0, got {weight}")
+    if max_age is not None and max_age < 0:
+        raise ValueError(f"MemoryBank max_age must be >= 0 or None, got {max_age}")
+
+
+class MemoryBank(nn.Module):
     r"""Ring buffer of detached target embeddings that serves hard negatives.
 
-    Storage (``C = capacity`` slots, ``D = dim``): ``embeddings`` ``(C, D)`` float32, L2-normalised;
-    ``target_ids`` ``(C,)`` int64 (``-1`` = empty slot); ``steps`` ``(C,)`` int64, the training step the entry
-    was encoded at; ``pointer``, the next slot the ring writes to. The bank therefore holds the latest encoding
+    Storage (``C = capacity`` slots, ``D = dim``), all registered buffers: ``embeddings`` ``(C, D)`` float32,
+    L2-normalised; ``target_ids`` ``(C,)`` int64 (``-1`` = empty slot); ``steps`` ``(C,)`` int64, the training
+    step the entry was encoded at; ``pointer``, the next slot the ring writes to; ``num_enqueued`` /
+    ``num_rejected``, counters (0-d int64). The bank therefore holds the latest encoding
     of each target id among the last ``capacity`` rows enqueued (a re-encoded id empties its older slot, which
     stays empty until the ring comes round to it).
 
@@ -108,18 +133,8 @@ class MemoryBank:
         device: torch.device | str | None = None,
         weight: float = 1.0,
     ) -> None:
-        if capacity <= 0:
-            raise ValueError(f"MemoryBank capacity must be a positive integer, got {capacity}")
-        if dim <= 0:
-            raise ValueError(f"MemoryBank dim must be a positive integer, got {dim}")
-        if strategy not in BANK_STRATEGIES:
-            raise ValueError(f"MemoryBank strategy must be one of {BANK_STRATEGIES}, got {strategy!r}")
-        if not 0 <= k_min <= k_max:
-            raise ValueError(f"MemoryBank needs 0 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
-        if not weight > 0:
-            raise ValueError(f"MemoryBank weight must be > 0, got {weight}")
-        if max_age is not None and max_age < 0:
-            raise ValueError(f"MemoryBank max_age must be >= 0 or None, got {max_age}")
+        super().__init__()
+        check_bank_settings(capacity, dim, strategy, k_min, k_max, max_age, weight)
         self.capacity = int(capacity)
         self.dim = int(dim)
         self.strategy = strategy
@@ -130,25 +145,17 @@ class MemoryBank:
         self.start_step = int(start_step)
         self.weight = float(weight)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        self.embeddings = torch.zeros(self.capacity, self.dim, dtype=torch.float32, device=device)
-        self.target_ids = torch.full((self.capacity,), EMPTY_ID, dtype=torch.long, device=device)
-        self.steps = torch.zeros(self.capacity, dtype=torch.long, device=device)
-        self.pointer = 0
-        self.num_enqueued = 0
-        self.num_rejected = 0
+        self.register_buffer("embeddings", torch.zeros(self.capacity, self.dim, dtype=torch.float32, device=device))
+        self.register_buffer("target_ids", torch.full((self.capacity,), EMPTY_ID, dtype=torch.long, device=device))
+        self.register_buffer("steps", torch.zeros(self.capacity, dtype=torch.long, device=device))
+        for counter in ("pointer", "num_enqueued", "num_rejected"):
+            self.register_buffer(counter, torch.zeros((), dtype=torch.long, device=device))
         self.last_selection = BankSelection()
 
     # ------------------------------------------------------------------ basic properties
     @property
     def device(self) -> torch.device:
         return self.embeddings.device
-
-    def to(self, device: torch.device | str) -> MemoryBank:
-        """Move the bank's tensors to ``device`` (in place) and return the bank."""
-        self.embeddings = self.embeddings.to(device)
-        self.target_ids = self.target_ids.to(device)
-        self.steps = self.steps.to(device)
-        return self
 
     @property
     def occupied(self) -> torch.Tensor:
@@ -233,11 +240,11 @@ class MemoryBank:
             n = self.capacity
 
         self.target_ids[torch.isin(self.target_ids, target_ids)] = EMPTY_ID
-        slots = (self.pointer + torch.arange(n, device=self.device)) % self.capacity
+        slots = (int(self.pointer) + torch.arange(n, device=self.device)) % self.capacity
         self.embeddings[slots] = torch.nn.functional.normalize(embeddings, dim=-1)
         self.target_ids[slots] = target_ids
         self.steps[slots] = int(step)
-        self.pointer = (self.pointer + n) % self.capacity
+        self.pointer.fill_((int(self.pointer) + n) % self.capacity)
         self.num_enqueued += n
         self.evict(step)
         return n
@@ -406,24 +413,17 @@ class MemoryBank:
             "bank_rejected": float(self.num_rejected),
         }
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that fully describe the bank's contents (safetensors-compatible: contiguous CPU tensors)."""
-        return {
-            "embeddings": self.embeddings.detach().cpu().contiguous(),
-            "target_ids": self.target_ids.detach().cpu().contiguous(),
-            "steps": self.steps.detach().cpu().contiguous(),
-            "pointer": torch.tensor(self.pointer, dtype=torch.long),
-            "num_enqueued": torch.tensor(self.num_enqueued, dtype=torch.long),
-            "num_rejected": torch.tensor(self.num_rejected, dtype=torch.long),
-        }
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Restore the contents saved by ``state_dict()`` (checked first, so a wrong checkpoint gets a clear error).
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the contents saved by :meth:`state_dict`.
+        Checkpoints written before the counters were buffers may lack ``num_enqueued`` / ``num_rejected``: they
+        restore as 0.
 
         Raises:
             ValueError: a key is missing, or the saved bank's capacity or embedding dimension differs from this
                 bank's (e.g. a checkpoint from a run with another ``bank_size`` or model ``embed_dim``).
         """
+        state = dict(state_dict)
         required = ("embeddings", "target_ids", "steps", "pointer")
         missing = [key for key in required if key not in state]
         if missing:
@@ -453,18 +453,68 @@ class MemoryBank:
                 )
         if not bool(torch.isfinite(embeddings).all()):
             raise ValueError("MemoryBank.load_state_dict: saved 'embeddings' contain non-finite values")
-        self.embeddings = embeddings.to(device=self.device, dtype=torch.float32).clone()
-        self.target_ids = state["target_ids"].to(device=self.device, dtype=torch.long).clone()
-        self.steps = state["steps"].to(device=self.device, dtype=torch.long).clone()
-        self.pointer = int(state["pointer"]) % self.capacity
-        self.num_enqueued = int(state.get("num_enqueued", torch.tensor(0)))
-        self.num_rejected = int(state.get("num_rejected", torch.tensor(0)))
+        state["embeddings"] = embeddings.float()
+        state["pointer"] = torch.as_tensor(int(state["pointer"]) % self.capacity)
+        for counter in ("num_enqueued", "num_rejected"):
+            state[counter] = torch.as_tensor(int(state.get(counter, 0)))
+        state = {key: value.reshape(getattr(self, key).shape).to(getattr(self, key).dtype) for key, value in state.items()
+                 if key in self._buffers}
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         return (
-            f"MemoryBank(capacity={self.capacity}, dim={self.dim}, strategy={self.strategy!r}, k_min={self.k_min}, "
+            f"capacity={self.capacity}, dim={self.dim}, strategy={self.strategy!r}, k_min={self.k_min}, "
             f"k_max={self.k_max}, age_decay={self.age_decay}, max_age={self.max_age}, start_step={self.start_step}, "
-            f"weight={self.weight}, "
-            f"size={len(self)})"
+            f"weight={self.weight}, size={len(self)}"
         )
 
+
+@dataclass
+class BankLoss:
+    """What :func:`memory_bank_loss` returns.
+
+    Attributes:
+        loss: the scalar training loss (with gradient).
+        bank_share: ``1 - L_in_batch / L`` in ``[0, 1)``, the part of the loss due to the bank's negatives
+            (0 when the bank served nothing); a detached diagnostic for the training log.
+        served: whether the bank served any negative this step.
+    """
+
+    loss: torch.Tensor
+    bank_share: float
+    served: bool
+
+
+def memory_bank_loss(
+    bank: MemoryBank,
+    logits_per_query: torch.Tensor,
+    query_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    target_ids: torch.Tensor,
+    step: int,
+    exclude_ids: torch.Tensor | None = None,
+) -> BankLoss:
+    r"""CSMCIR's training objective: in-batch InfoNCE with the bank's selected negatives in the denominator.
+
+    .. math::
+
+        L = -\frac{1}{B} \sum_i \log \frac{\exp(s_{ii})}{\sum_j m_{ij} \exp(s_{ij}) + \sum_{m \in K_i} \exp(\ell_{im})}
+
+    with ``s`` the in-batch logits (``logits_per_query``), ``m_ij`` the in-batch false-negative mask
+    (``csmcir_contrastive_loss``) and ``\ell_{im}`` the bank logits of the entries :meth:`MemoryBank.negative_logits`
+    selects for query ``i`` (age- and bank-weighted). When the bank serves nothing (strategy ``none``, warm-up, no
+    candidate) this is the plain in-batch InfoNCE, so the loss is computed exactly once either way.
+    """
+    extra = bank.negative_logits(query_embeds, logit_scale, target_ids, step, exclude_ids)
+    loss = csmcir_contrastive_loss(logits_per_query, extra, target_ids)
+    if extra is None:
+        return BankLoss(loss, 0.0, False)
+    with torch.no_grad():
+        # The in-batch part of the same logits, for the log only (no graph): share = 1 - L_in_batch / L.
+        in_batch = csmcir_contrastive_loss(logits_per_query.detach(), None, target_ids)
+        share = float(1.0 - in_batch / loss.detach().clamp(min=1e-12))
+    return BankLoss(loss, share, True)
+
+
+__all__ = ["BANK_STRATEGIES", "BankLoss", "BankSelection", "EMPTY_ID", "MemoryBank", "check_bank_settings",
+           "memory_bank_loss"]

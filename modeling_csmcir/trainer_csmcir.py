@@ -1,13 +1,18 @@
 """`CSMCIRTrainer`: the transformers `Trainer` that trains a `CSMCIRModel` with the memory bank.
 
-The bank (``memory_bank.MemoryBank``) supplies extra negatives to the in-batch InfoNCE
-(``csmcir_contrastive_loss``); the trainer feeds it the batch's detached target embeddings after each training
-forward pass, gathered across data-parallel processes so every rank holds the same bank; saves it in every
-checkpoint as ``memory_bank.safetensors`` and restores it on ``resume_from_checkpoint``; optionally re-encodes
-the oldest entries with the current model (``bank_refresh_every``), which the shared towers make meaningful;
-and logs the bank's size, mean entry age, mean selected k, loss share and mean normalised entropy (``bank_size``,
+The bank and its loss live in ``memory_bank.py`` (``MemoryBank``, ``memory_bank_loss``); this trainer only calls
+them: one forward pass without the model's own loss, then ``memory_bank_loss`` — the loss of a step is computed
+once. After each backward it feeds the bank the batch's detached target embeddings, gathered across
+data-parallel processes so every rank holds the same bank; saves the bank's ``state_dict`` in every checkpoint as
+``memory_bank.safetensors`` and restores it on ``resume_from_checkpoint``; optionally re-encodes the oldest
+entries with the current model (``bank_refresh_every``), which the shared towers make meaningful; and logs the
+bank's size, mean entry age, mean selected k, loss share and mean normalised entropy (``bank_size``,
 ``bank_mean_age``, ``bank_mean_k``, ``bank_loss_share``, ``bank_entropy``). Its settings are the ``bank_*``
-fields of ``CSMCIRTrainingArguments``. Design: ``DESIGN.md``, "Memory bank".
+fields of ``CSMCIRTrainingArguments``.
+
+Retrieval metrics come from an evaluator passed in (``evaluator=CIRRetrievalEvaluator(...)``, the way
+sentence-transformers passes one): each evaluation adds its numbers to the eval metrics, and its protocol
+becomes ``evaluation_protocol``, which the model card reports.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from hub_cards.atomic_files import atomic_path
 from hub_cards.trainer_cards import HubCardTrainerMixin
 
-from .memory_bank import BANK_STRATEGIES, MemoryBank
-from .modeling_csmcir import csmcir_contrastive_loss
+from .memory_bank import BANK_STRATEGIES, MemoryBank, check_bank_settings, memory_bank_loss
 
 logger = logging.get_logger(__name__)
 
@@ -78,19 +83,17 @@ class CSMCIRTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bank_strategy not in BANK_STRATEGIES:
-            raise ValueError(f"bank_strategy must be one of {BANK_STRATEGIES}, got {self.bank_strategy!r}")
-        if self.bank_size <= 0:
-            raise ValueError(f"bank_size must be positive, got {self.bank_size}")
-        if not 0 <= self.bank_k_min <= self.bank_k_max:
-            raise ValueError(f"need 0 <= bank_k_min <= bank_k_max, got {self.bank_k_min} and {self.bank_k_max}")
-        if not self.bank_weight > 0:
-            raise ValueError(f"bank_weight must be > 0, got {self.bank_weight}")
+        # The bank's own validation, run at parse time so a bad flag fails before any data is loaded.
+        check_bank_settings(self.bank_size, 1, self.bank_strategy, self.bank_k_min, self.bank_k_max,
+                            self._bank_max_age(), self.bank_weight)
         if self.bank_refresh_every < 0 or self.bank_refresh_size < 0:
             raise ValueError(
                 f"bank_refresh_every and bank_refresh_size must be >= 0, got {self.bank_refresh_every} and "
                 f"{self.bank_refresh_size}"
             )
+
+    def _bank_max_age(self) -> int | None:
+        return self.bank_max_age if self.bank_max_age >= 0 else None
 
     def build_memory_bank(self, dim: int, device: torch.device | str | None = None) -> MemoryBank:
         """The `MemoryBank` these arguments describe, for embeddings of size `dim`."""
@@ -101,7 +104,7 @@ class CSMCIRTrainingArguments(TrainingArguments):
             k_min=self.bank_k_min,
             k_max=self.bank_k_max,
             age_decay=self.bank_age_decay if self.bank_age_decay > 0 else None,
-            max_age=self.bank_max_age if self.bank_max_age >= 0 else None,
+            max_age=self._bank_max_age(),
             start_step=self.bank_start_step,
             device=device,
             weight=self.bank_weight,
@@ -119,10 +122,15 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
 
         L = -1/B Σ_i log( exp(s_ii) / (Σ_j m_ij exp(s_ij) + Σ_{m ∈ K_i} w_m exp(logit_scale · q_i·e_m)) )
 
-    with K_i the bank entries the strategy selects for query i and w_m = bank_weight · exp(-age_m / bank_age_decay).
-    Evaluation uses the plain in-batch loss, so eval losses compare across strategies and do not depend on the bank's state.
+    with K_i the bank entries the strategy selects for query i and w_m = bank_weight · exp(-age_m / bank_age_decay)
+    (``memory_bank.memory_bank_loss``). Evaluation uses the plain in-batch loss, so eval losses compare across
+    strategies and do not depend on the bank's state.
 
     Args:
+        evaluator: called as ``evaluator(model) -> {metric: value}`` at every evaluation (e.g.
+            ``CIRRetrievalEvaluator``); its numeric metrics join the eval metrics with the ``eval_`` prefix, and its
+            ``protocol`` attribute (when present) becomes :attr:`evaluation_protocol`. With an evaluator,
+            ``evaluate()`` needs no ``eval_dataset``.
         target_lookup: ``ids -> inputs of get_target_features``; required when ``bank_refresh_every > 0`` (the
             refresh re-encodes stored targets by id). If omitted, ``train_dataset.target_inputs`` is used when the
             dataset has such a method.
@@ -136,9 +144,13 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         *args: Any,
         target_lookup: TargetLookup | None = None,
         memory_bank: MemoryBank | None = None,
+        evaluator: Callable[[nn.Module], Mapping[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.evaluator = evaluator
+        #: The protocol behind the eval metrics, read by the model card (``HubCardTrainerMixin``).
+        self.evaluation_protocol: str | None = getattr(evaluator, "protocol", None)
         if not isinstance(self.args, CSMCIRTrainingArguments):
             raise ValueError(
                 f"CSMCIRTrainer needs CSMCIRTrainingArguments (for the bank_* settings), got {type(self.args).__name__}"
@@ -175,10 +187,11 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         # enqueued after the step; the model's own loss sees neither. Only training steps touch the bank.
         # `reference_ids` (optional, the reference image's target id) is for the bank's masking, not the model.
         reference_ids = inputs.pop("reference_ids", None) if "reference_ids" in inputs else None
-        outputs = model(**inputs)
-        loss = outputs.loss
-        if not model.training or self.memory_bank.strategy == "none":
-            return (loss, outputs) if return_outputs else loss
+        step = self.state.global_step
+        bank = self.memory_bank
+        if not model.training or bank.strategy == "none":
+            outputs = model(**inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
 
         target_ids = inputs.get("target_ids")
         if target_ids is None:
@@ -186,30 +199,26 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
                 "CSMCIRTrainer: batches need `target_ids` (LongTensor (B,)) to mask false negatives in the memory "
                 "bank and to replace stale entries; the CIR collators add them. Use bank_strategy='none' without."
             )
+        # The model's own loss is skipped: memory_bank_loss computes the step's loss once, bank negatives included.
+        outputs = model(**inputs, return_loss=False)
         target_ids = target_ids.reshape(-1).to(outputs.query_embeds.device)
-        step = self.state.global_step
-        bank = self.memory_bank
         if bank.device != outputs.query_embeds.device:
             bank.to(outputs.query_embeds.device)
         unwrapped = self.accelerator.unwrap_model(model)
         self._maybe_refresh_bank(unwrapped, step)
 
-        extra = bank.negative_logits(outputs.query_embeds, unwrapped.logit_scale, target_ids, step, reference_ids)
-        if extra is not None:
-            in_batch_loss = loss
-            loss = csmcir_contrastive_loss(outputs.logits_per_query, extra, target_ids)
-            outputs.loss = loss
-            with torch.no_grad():
-                # Share of the loss due to the bank's negatives: 1 - L_in_batch / L_with_bank, in [0, 1).
-                share = float(1.0 - in_batch_loss.detach() / loss.detach().clamp(min=1e-12))
-            self._record_bank_step(bank.last_selection.mean_k, share, bank.last_selection.mean_entropy)
+        result = memory_bank_loss(bank, outputs.logits_per_query, outputs.query_embeds, unwrapped.logit_scale,
+                                  target_ids, step, reference_ids)
+        outputs.loss = result.loss
+        if result.served:
+            self._record_bank_step(bank.last_selection.mean_k, result.bank_share, bank.last_selection.mean_entropy)
         else:
             self._record_bank_step(0.0, 0.0, float("nan"))
 
         # Enqueued by training_step after backward (see there); gathered now so every rank stores the same rows.
         embeds, ids = self._gather_rows(outputs.target_embeds.detach(), target_ids)
         self._pending_enqueue = (embeds, ids, step)
-        return (loss, outputs) if return_outputs else loss
+        return (result.loss, outputs) if return_outputs else result.loss
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -288,6 +297,41 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         embeds, refreshed_slots = self._gather_rows(embeds.to(bank.device), my_slots.to(bank.device))
         bank.refresh(refreshed_slots, embeds, step)
 
+    # ----------------------------------------------------------------------------------------- evaluation
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> Any:
+        # Overridden (as sentence-transformers does) so the evaluator's retrieval metrics join the loop's metrics
+        # before the Trainer logs them and calls the callbacks (the model card reads that log).
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        output.metrics.update(self._evaluator_metrics(metric_key_prefix))
+        return output
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        # Overridden so an evaluator alone is enough: retrieval is measured on the evaluator's own gallery and
+        # queries, and the Trainer's loop (which needs an eval_dataset) is skipped when there is none.
+        if eval_dataset is not None or self.eval_dataset is not None or self.evaluator is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = {**self._evaluator_metrics(metric_key_prefix), "epoch": self.state.epoch}
+        metrics = {key: value for key, value in metrics.items() if value is not None}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _evaluator_metrics(self, prefix: str) -> dict[str, float]:
+        if self.evaluator is None:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        try:
+            metrics = self.evaluator(model)
+        finally:
+            model.train(was_training)
+        # Loggers and model cards want numbers; the protocol string is kept as evaluation_protocol instead.
+        return {f"{prefix}_{key}": float(value) for key, value in metrics.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
     # -------------------------------------------------------------------------------------------- logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -324,11 +368,11 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         """Write the bank to `output_dir/memory_bank.safetensors` atomically (temp file + os.replace)."""
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, MEMORY_BANK_NAME)
-        tmp = path + ".tmp"
         metadata = {"strategy": self.memory_bank.strategy, "capacity": str(self.memory_bank.capacity),
                     "dim": str(self.memory_bank.dim)}
-        save_file(self.memory_bank.state_dict(), tmp, metadata=metadata)
-        os.replace(tmp, path)
+        state = {key: tensor.detach().cpu().contiguous() for key, tensor in self.memory_bank.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata=metadata)
         return path
 
     def load_memory_bank(self, checkpoint_dir: str) -> bool:

@@ -28,7 +28,7 @@ from transformers import Pipeline
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
-from .gallery_index import GalleryIndex, SearchResult, model_identity
+from .gallery_index import GalleryIndex, SearchResult, encode_targets, model_identity
 
 
 logger = logging.get_logger(__name__)
@@ -334,36 +334,18 @@ class ComposedImageRetrievalPipeline(Pipeline):
             for position, caption in enumerate(captions):
                 _check_text(caption, f"captions[{position}] (id {ids[position]!r})")
 
-        parameter = next(self.model.parameters())
-        chunks = []
-        progress = logging.tqdm(
-            total=num_items, desc="Encoding gallery", unit="img", disable=not show_progress
-        )
-        try:
+        def encoded_batches():
             for start in range(0, num_items, batch_size):
                 stop = min(start + batch_size, num_items)
                 batch = [
                     load_retrieval_image(image, f"images[{start + offset}] (id {ids[start + offset]!r})", timeout)
                     for offset, image in enumerate(image_batch(start, stop))
                 ]
-                encoding = self.processor(
+                yield self.processor(
                     images=batch, text=None if captions is None else captions[start:stop], return_tensors="pt"
                 )
-                with torch.inference_mode():
-                    pixel_values = encoding["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
-                    if captions is None:
-                        embeds = self.model.get_target_features(pixel_values=pixel_values)
-                    else:
-                        embeds = self.model.get_target_features(
-                            pixel_values=pixel_values,
-                            input_ids=encoding["input_ids"].to(parameter.device),
-                            attention_mask=encoding["attention_mask"].to(parameter.device),
-                        )
-                chunks.append(embeds.float().cpu())
-                progress.update(stop - start)
-        finally:
-            progress.close()
-        embeddings = torch.cat(chunks)
+
+        embeddings = encode_targets(self.model, encoded_batches(), total=num_items, show_progress=show_progress)
         identity = dict(self.model_identity(), embed_dim=int(embeddings.shape[1]))
         identity["target_inputs"] = "image" if captions is None else "image+caption"
         return GalleryIndex(embeddings, ids=ids, metadata=metadata, model_identity=identity, dtype=dtype)

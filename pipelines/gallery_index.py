@@ -14,6 +14,10 @@ On disk an index is a folder: `gallery_embeddings.safetensors` (the embedding ma
 `gallery_index.json` (ids, metadata, model identity, format version) and, when a faiss index was built,
 `gallery_faiss.index`. Every file is written to a temporary name and moved into place with `os.replace`.
 
+`encode_targets` is the one gallery encoder of the project (the pipeline's `build_index`, the retrieval evaluator
+and cached training all call it) and `model_identity` the one notion of "the same model" (indexes and evaluation
+caches record it).
+
 This file is a flat Hub-module sibling of `composed_image_retrieval.py`: it imports only torch, numpy,
 safetensors and transformers.
 """
@@ -25,7 +29,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +136,50 @@ def model_identity(model: torch.nn.Module, embed_dim: int | None = None) -> dict
     }
 
 
+TARGET_INPUT_NAMES = ("pixel_values", "image_embeds", "input_ids", "attention_mask")
+
+
+def encode_targets(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    total: int | None = None,
+    desc: str = "Encoding gallery",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Target-side embeddings `(N, D)` (float32, CPU) of a gallery given as batches of model inputs.
+
+    Each batch holds the inputs of `model.get_target_features`: `pixel_values` (or `image_embeds`) and, for
+    captioned targets, `input_ids` / `attention_mask`; other keys are ignored. The model runs in eval mode under
+    `torch.inference_mode` on its own device and floating dtype, and is put back in the mode it was in.
+    `total` (the number of items) sizes the progress bar.
+    """
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    chunks = []
+    progress = logging.tqdm(total=total, desc=desc, unit="img", disable=not show_progress)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                inputs = {}
+                for name in TARGET_INPUT_NAMES:
+                    value = batch.get(name)
+                    if value is None:
+                        continue
+                    value = value.to(parameter.device)
+                    inputs[name] = value.to(parameter.dtype) if value.is_floating_point() else value
+                embeds = model.get_target_features(**inputs)
+                chunks.append(embeds.float().cpu())
+                progress.update(embeds.shape[0])
+    finally:
+        progress.close()
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("encode_targets: the gallery is empty (no batch); an index needs at least one item")
+    return torch.cat(chunks)
+
+
 def _describe_identity(identity: dict[str, Any] | None) -> str:
     if not identity:
         return "<unknown model>"
@@ -148,12 +196,19 @@ def _describe_identity(identity: dict[str, Any] | None) -> str:
 
 
 def _atomic_write(path: str, write_fn) -> None:
-    """Write through `write_fn(tmp_path)` to a temporary file in the target folder, then `os.replace` it in."""
+    """Write through `write_fn(tmp_path)` to a temporary file in the target folder, then `os.replace` it in.
+
+    The project's other files use one shared atomic writer; a Hub folder cannot import it, so this file has its own.
+    The file gets the permissions of a plain `open()` (mkstemp's are 0600).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write_fn(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -404,6 +459,17 @@ class GalleryIndex:
         else:
             raise ValueError(f"GalleryIndex.search backend: expected 'torch' or 'faiss', got {backend!r}")
         return SearchResult(scores=scores.float().cpu(), positions=positions.long().cpu())
+
+    def similarities(self, query_embeds: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The full `(Q, N)` cosine matrix of the queries against every stored row (float32, CPU): what ranking
+        protocols (CIRR, FashionIQ, CIRCO) score. Use `search` when only the top hits are needed."""
+        queries = torch.as_tensor(query_embeds)
+        if queries.ndim != 2 or queries.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"GalleryIndex.similarities query_embeds: expected shape (Q, {self.embed_dim}), got {tuple(queries.shape)}"
+            )
+        queries = torch.nn.functional.normalize(queries.float(), dim=1).to(self.embeddings.device)
+        return (queries @ self.embeddings.float().T).cpu()
 
     def _search_torch(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact search: score blocks of gallery rows with one matmul each, keep a running top-k.

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel
+from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.modeling_csmcir import csmcir_contrastive_loss
 from modeling_csmcir.trainer_csmcir import MEMORY_BANK_NAME, CSMCIRTrainer, CSMCIRTrainingArguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM_TARGETS = 16
 # Val Recall@10 points a 200-step run must gain over the untrained model (300 val queries, 360 gallery images).
 MARGIN_R10 = 5.0
@@ -61,7 +62,7 @@ class ToyCIRDataset(torch.utils.data.Dataset):
 
 def build_model() -> CSMCIRModel:
     torch.manual_seed(0)
-    return CSMCIRModel(CSMCIRConfig.tiny(vocab_size=100))
+    return CSMCIRModel(preset_config("tiny", vocab_size=100))
 
 
 def build_args(output_dir: str | Path, max_steps: int, **overrides) -> CSMCIRTrainingArguments:
@@ -326,7 +327,7 @@ def test_short_training_improves_held_out_recall_for_each_strategy(strategy, tmp
     targets = F.interpolate(torch.randn(24, 3, 4, 4, generator=generator), size=32, mode="nearest")
     train, held_out = NoisyCopyCIR(targets, 480, seed=0), NoisyCopyCIR(targets, 96, seed=1)
     torch.manual_seed(0)
-    model = CSMCIRModel(CSMCIRConfig.tiny(vocab_size=100, freeze_vision=False))
+    model = CSMCIRModel(preset_config("tiny", vocab_size=100, freeze_vision=False))
     before = noisy_copy_recall_at_1(model, held_out)
     args = build_args(
         tmp_path, 150, per_device_train_batch_size=24, learning_rate=3e-3, save_strategy="no", logging_steps=50,
@@ -349,17 +350,17 @@ def test_short_training_improves_held_out_recall_for_each_strategy(strategy, tmp
 def synthetic_benchmark(tmp_path_factory):
     """A small, easy setting of `csmcir-synth` (2x2 grid, 1-2 objects, exact captions), pre-collated once."""
     from modeling_csmcir import CSMCIRProcessor
-    from modeling_csmcir.cir_collator import CIRCollator
-    from modeling_csmcir.cir_datasets import load_cirr
-    from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
-    from modeling_csmcir.train_cli import ReferenceIdCollator
+    from modeling_csmcir.data.collators import CIRCollator
+    from modeling_csmcir.data.cirr import load_cirr
+    from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
+    from modeling_csmcir.data.training_inputs import ReferenceIdCollator
 
     root = generate_synthetic_cir(SyntheticCIRConfig(
         output_dir=str(tmp_path_factory.mktemp("synthetic")), num_images=1200, image_size=32, grid_size=2,
         min_objects=1, max_objects=2, caption_error_rate=0.0, pairs_per_set=5, val_fraction=0.3, test_fraction=0.1,
     ))
     captions = lambda split: root / "target_captions" / f"captions.rc2.{split}.json"  # noqa: E731
-    processor = CSMCIRProcessor.tiny(image_size=32)
+    processor = preset_processor("tiny", image_size=32)
     train = load_cirr(root, "train", target_captions=captions("train"))
     # The collator csmcir-train uses: reference ids let the bank mask each query's own reference image.
     batch = ReferenceIdCollator(CIRCollator(processor), list(train["gallery"]["image_id"]))(list(train["queries"]))
@@ -368,7 +369,7 @@ def synthetic_benchmark(tmp_path_factory):
 
 
 def val_recall(model, processor, val) -> dict[str, float]:
-    from modeling_csmcir.cir_evaluation import evaluate_cir
+    from modeling_csmcir.evaluation.evaluator import evaluate_cir
 
     model.eval()
     return evaluate_cir(model, processor, val, "cirr", cache=None, show_progress=False).metrics
@@ -376,7 +377,7 @@ def val_recall(model, processor, val) -> dict[str, float]:
 
 def synthetic_model(processor) -> CSMCIRModel:
     torch.manual_seed(0)
-    config = CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), image_size=32, freeze_vision=False)
+    config = preset_config("tiny", vocab_size=len(processor.tokenizer), image_size=32, freeze_vision=False)
     return CSMCIRModel(config)
 
 
@@ -401,8 +402,8 @@ def test_short_training_improves_val_recall_on_the_synthetic_benchmark(strategy,
 
 
 def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
-    from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
-    from modeling_csmcir.train_cli import main as train_main
+    from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
+    from modeling_csmcir.cli.train import main as train_main
 
     root = generate_synthetic_cir(SyntheticCIRConfig(
         output_dir=str(tmp_path / "data"), num_images=150, image_size=32, val_fraction=0.4, test_fraction=0.4
@@ -410,7 +411,7 @@ def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
     out = tmp_path / "run"
     argv = [
         "--dataset", "cirr", "--data_dir", str(root), "--captions", str(root / "target_captions" / "captions.rc2.{split}.json"),
-        "--config_name", "tiny", "--output_dir", str(out), "--per_device_train_batch_size", "4", "--save_steps", "2",
+        "--config_name", "tiny-scratch", "--output_dir", str(out), "--per_device_train_batch_size", "4", "--save_steps", "2",
         "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--bank_strategy", "entropy", "--bank_size", "32",
         "--bank_k_min", "2", "--bank_k_max", "8", "--bank_refresh_every", "2", "--bank_refresh_size", "4",
     ]
@@ -419,11 +420,11 @@ def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
     assert first["train"]["train_loss"] > 0
     report = train_main(argv + ["--max_steps", "4", "--resume_from_checkpoint", "last", "--eval_split", "val"])
     assert (out / "checkpoint-4" / MEMORY_BANK_NAME).is_file()
-    saved = json.loads((out / "retrieval_metrics.json").read_text())
+    saved = json.loads((out / "metrics.json").read_text())
     assert saved["after"] == report["after"] and 0 <= saved["after"]["recall_at_5"] <= 100
     assert set(saved["before"]) == set(saved["after"]) and "recall_subset_at_1" in saved["after"]
     # A half-written later checkpoint (killed while saving) is skipped when resuming from "last".
-    from modeling_csmcir.train_cli import latest_complete_checkpoint
+    from hub_cards.checkpoints import latest_complete_checkpoint
 
     (out / "checkpoint-9").mkdir()
     assert latest_complete_checkpoint(str(out)) == str(out / "checkpoint-4")

@@ -1,7 +1,7 @@
 """`evaluate` module: CIRCO's mAP@K for composed image retrieval with several ground truths per query.
 
-Load offline with ``evaluate.load("<path to modeling_csmcir>/metrics/circo_map")``. The metric itself lives in
-``modeling_csmcir.cir_metrics`` (``AP@K = sum_{i<=K} P@i * rel_i / min(|GT|, K)``).
+Load offline with ``evaluate.load("<path to modeling_csmcir>/evaluation/evaluate_modules/circo_map")``. The metric itself lives in
+``modeling_csmcir.evaluation.cir_metrics`` (``AP@K = sum_{i<=K} P@i * rel_i / min(|GT|, K)``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from modeling_csmcir.cir_metrics import CIRCO_KS, circo_metrics
+from modeling_csmcir.evaluation.cir_metrics import CIRCO_KS, circo_metrics
 
 
 _DESCRIPTION = """CIRCO mAP@K: `predictions` are per-query score rows over the gallery (`gallery_ids` gives the column

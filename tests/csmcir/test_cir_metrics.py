@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_csmcir.cir_metrics import (
+from modeling_csmcir.evaluation.cir_metrics import (
     PROTOCOLS,
     average_precision_at_k,
     circo_metrics,
@@ -26,7 +26,7 @@ from modeling_csmcir.cir_metrics import (
 )
 
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "modeling_csmcir" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[2] / "modeling_csmcir" / "evaluation" / "evaluate_modules"
 
 
 def test_rank_gallery_breaks_ties_by_gallery_order_and_excludes_reference():

@@ -11,18 +11,19 @@ from transformers import Blip2Config, Blip2ForImageTextRetrieval, CLIPVisionConf
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor, csmcir_contrastive_loss
+from modeling_csmcir.presets import preset_config, preset_processor
 from tests.hub_isolation import run_isolated
 
 
 @pytest.fixture(scope="module")
 def processor() -> CSMCIRProcessor:
-    return CSMCIRProcessor.tiny()
+    return preset_processor("tiny")
 
 
 @pytest.fixture(scope="module")
 def model(processor) -> CSMCIRModel:
     torch.manual_seed(0)
-    return CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer))).eval()
+    return CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer))).eval()
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -157,9 +158,9 @@ def test_query_and_target_from_the_same_pair_are_identical(model, batch):
 
 
 def test_symmetric_model_has_one_qformer_worth_of_parameters(processor):
-    config = CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer))
+    config = preset_config("tiny", vocab_size=len(processor.tokenizer))
     shared = CSMCIRModel(config)
-    unshared = CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), share_qformer=False))
+    unshared = CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer), share_qformer=False))
     tower = sum(p.numel() for name, p in shared.named_parameters()
                 if name.split(".")[0] in {"qformer", "embeddings", "query_tokens", "vision_projection", "text_projection"})
     total_shared = sum(p.numel() for p in shared.parameters())
@@ -173,7 +174,7 @@ def test_symmetric_model_has_one_qformer_worth_of_parameters(processor):
 
 
 def test_unshared_ablation_encodes_targets_with_its_own_tower(processor, batch):
-    model = CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), share_qformer=False)).eval()
+    model = CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer), share_qformer=False)).eval()
     with torch.no_grad():
         query = model.get_query_features(**batch)
         target = model.get_target_features(**batch)
@@ -184,7 +185,7 @@ def test_a_clip_vision_backbone_works_too(processor, batch):
     vision = CLIPVisionConfig(
         hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
     )
-    config = CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), vision_config=vision)
+    config = preset_config("tiny", vocab_size=len(processor.tokenizer), vision_config=vision)
     assert config.qformer_config.encoder_hidden_size == 48
     model = CSMCIRModel(config).eval()
     with torch.no_grad():
@@ -199,12 +200,12 @@ def test_a_clip_vision_backbone_works_too(processor, batch):
 
 def test_mismatched_qformer_cross_attention_width_is_refused_at_config_time():
     with pytest.raises(ValueError, match="encoder_hidden_size=64 does not match the vision tower's hidden size 32"):
-        CSMCIRConfig.tiny(qformer_config=Blip2QFormerConfig(hidden_size=32, encoder_hidden_size=64,
+        preset_config("tiny", qformer_config=Blip2QFormerConfig(hidden_size=32, encoder_hidden_size=64,
                                                             num_hidden_layers=1, num_attention_heads=2))
 
 
 def test_config_round_trips_through_json(tmp_path):
-    config = CSMCIRConfig.tiny(vision_config=CLIPVisionConfig(hidden_size=48, num_hidden_layers=1,
+    config = preset_config("tiny", vision_config=CLIPVisionConfig(hidden_size=48, num_hidden_layers=1,
                                                              num_attention_heads=2, image_size=32, patch_size=8),
                                temperature=0.05, share_qformer=False)
     config.save_pretrained(tmp_path)
@@ -251,7 +252,7 @@ def test_forward_is_deterministic_in_eval_mode(model, batch):
 
 def test_frozen_vision_gets_no_gradients_and_training_overfits_one_batch(processor, batch):
     torch.manual_seed(0)
-    model = CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer))).train()
+    model = CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer))).train()
     assert not model.vision_model.training  # a frozen tower stays in eval mode
     targets = processor(images=_images(4, seed=1), text=["a red one", "a blue circle", "no triangle", "a square up"])
     inputs = dict(batch, target_pixel_values=targets["pixel_values"], target_input_ids=targets["input_ids"],
@@ -272,7 +273,7 @@ def test_frozen_vision_gets_no_gradients_and_training_overfits_one_batch(process
 
 def test_gradient_checkpointing_gives_the_same_loss(processor, batch):
     torch.manual_seed(0)
-    config = CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer))
+    config = preset_config("tiny", vocab_size=len(processor.tokenizer))
     # no dropout, so two training-mode passes are comparable
     config.qformer_config.hidden_dropout_prob = config.qformer_config.attention_probs_dropout_prob = 0.0
     model = CSMCIRModel(config).train()
@@ -287,7 +288,7 @@ def test_gradient_checkpointing_gives_the_same_loss(processor, batch):
 
 def test_sdpa_and_eager_attention_agree(processor, batch, tmp_path):
     torch.manual_seed(0)
-    CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer))).save_pretrained(tmp_path)
+    CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer))).save_pretrained(tmp_path)
     eager = CSMCIRModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
     sdpa = CSMCIRModel.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
     with torch.no_grad():

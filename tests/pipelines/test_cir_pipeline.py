@@ -14,6 +14,7 @@ from transformers import AutoModel, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor
+from modeling_csmcir.presets import preset_config, preset_processor
 from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, ComposedImageRetrievalPipeline
 from tests.hub_isolation import run_isolated
 
@@ -35,9 +36,9 @@ def _images(count: int, seed: int) -> list[Image.Image]:
 
 
 def _save_tiny_model(directory, seed: int, **config_overrides) -> None:
-    processor = CSMCIRProcessor.tiny()
+    processor = preset_processor("tiny")
     torch.manual_seed(seed)
-    model = CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), **config_overrides)).eval()
+    model = CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer), **config_overrides)).eval()
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
 

@@ -1,7 +1,7 @@
 """`evaluate` module: Recall@K for composed image retrieval under the CIRR, FashionIQ or Shoes protocol.
 
-Load offline with ``evaluate.load("<path to modeling_csmcir>/metrics/cir_recall")``. The protocols are
-implemented once, in ``modeling_csmcir.cir_metrics``; this module only adapts them to ``evaluate``.
+Load offline with ``evaluate.load("<path to modeling_csmcir>/evaluation/evaluate_modules/cir_recall")``. The protocols are
+implemented once, in ``modeling_csmcir.evaluation.cir_metrics``; this module only adapts them to ``evaluate``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import datasets
 import evaluate
 
-from modeling_csmcir.cir_metrics import PROTOCOLS, compute_cir_metrics, rank_gallery, recall_at_k
+from modeling_csmcir.evaluation.cir_metrics import PROTOCOLS, compute_cir_metrics, rank_gallery, recall_at_k
 
 
 _DESCRIPTION = """Recall@K of composed image retrieval. `predictions` are per-query score rows over the gallery
@@ -30,7 +30,7 @@ Args:
 Returns:
     dict with recall_at_K (and recall_subset_at_K, avg) in percent, and "protocol".
 Example:
-    >>> metric = evaluate.load("modeling_csmcir/metrics/cir_recall")
+    >>> metric = evaluate.load("modeling_csmcir/evaluation/evaluate_modules/cir_recall")
     >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[["a"], ["a"]], gallery_ids=["a", "b"], ks=[1])
     {'recall_at_1': 50.0, 'protocol': 'plain: ...'}
 """

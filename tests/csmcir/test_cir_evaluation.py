@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import EvalPrediction, Trainer, TrainingArguments
+
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor
-from modeling_csmcir.cir_collator import CIRCollator
-from modeling_csmcir.cir_datasets import load_cirr
-from modeling_csmcir.cir_eval_cli import main as eval_main
-from modeling_csmcir.cir_evaluation import CIRRetrievalEvaluator, GalleryFeatureCache, encode_queries, evaluate_cir
-from modeling_csmcir.cir_metrics import cirr_metrics
-from modeling_csmcir.submissions import (
+from modeling_csmcir.presets import preset_config, preset_processor
+from modeling_csmcir.data.collators import CIRCollator
+from modeling_csmcir.trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
+from modeling_csmcir.data.cirr import load_cirr
+from modeling_csmcir.cli.eval import main as eval_main
+from modeling_csmcir.evaluation.evaluator import CIRRetrievalEvaluator, GalleryIndexCache, evaluate_cir
+from modeling_csmcir.evaluation.cir_metrics import cirr_metrics
+from modeling_csmcir.evaluation.submissions import (
     build_circo_submission,
     build_cirr_submissions,
     validate_circo_submission,
@@ -25,7 +27,7 @@ from modeling_csmcir.submissions import (
     write_circo_submission,
     write_cirr_submissions,
 )
-from modeling_csmcir.synthetic_cir import SyntheticCIRConfig, generate_synthetic_cir
+from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +40,13 @@ def bench(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def processor():
-    return CSMCIRProcessor.tiny(image_size=32)
+    return preset_processor("tiny", image_size=32)
 
 
 @pytest.fixture(scope="module")
 def model(processor):
     torch.manual_seed(0)
-    return CSMCIRModel(CSMCIRConfig.tiny(vocab_size=len(processor.tokenizer), image_size=32)).eval()
+    return CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer), image_size=32)).eval()
 
 
 def _val(bench: Path):
@@ -72,7 +74,7 @@ def test_second_evaluation_reuses_cached_gallery_and_new_weights_reencode(bench,
     calls = []
     original = CSMCIRModel.get_target_features
     monkeypatch.setattr(CSMCIRModel, "get_target_features", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    cache = GalleryFeatureCache()
+    cache = GalleryIndexCache()
     first = evaluate_cir(model, processor, data, "cirr", cache=cache, batch_size=16, show_progress=False)
     encoded = len(calls)
     assert encoded == 4 and (cache.hits, cache.misses) == (0, 1)  # 60 images in batches of 16
@@ -92,36 +94,38 @@ def test_second_evaluation_reuses_cached_gallery_and_new_weights_reencode(bench,
 
 def test_disk_cache_survives_a_new_cache_object(bench, processor, model, tmp_path):
     data = _val(bench)
-    first = evaluate_cir(model, processor, data, "cirr", cache=GalleryFeatureCache(tmp_path), show_progress=False)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1
-    fresh = GalleryFeatureCache(tmp_path)
+    first = evaluate_cir(model, processor, data, "cirr", cache=GalleryIndexCache(tmp_path), show_progress=False)
+    assert len(list(tmp_path.glob("*/gallery_embeddings.safetensors"))) == 1  # one saved GalleryIndex folder
+    fresh = GalleryIndexCache(tmp_path)
     second = evaluate_cir(model, processor, data, "cirr", cache=fresh, show_progress=False)
     assert fresh.hits == 1 and torch.allclose(first.scores, second.scores)
 
 
-def test_compute_metrics_matches_standalone_evaluation(bench, processor, model):
-    data = _val(bench)
-    evaluator = CIRRetrievalEvaluator(data, processor, "cirr", model=model, cache=None, show_progress=False)
-    expected = {k: v for k, v in evaluator(model).items() if k != "protocol"}
-    query_embeds = encode_queries(model, processor, data["queries"], show_progress=False).numpy()
-    eval_pred = EvalPrediction(predictions=(np.zeros((20, 4)), query_embeds, query_embeds), label_ids=np.arange(20))
-    got = evaluator.compute_metrics(eval_pred)
-    assert got.keys() == expected.keys() and all(got[k] == pytest.approx(expected[k], abs=1e-4) for k in got)
-
-
-def test_trainer_evaluate_reports_retrieval_metrics(bench, processor, model, tmp_path):
+def test_trainer_evaluate_adds_the_evaluators_metrics_to_the_eval_loop(bench, processor, model, tmp_path):
+    # The evaluator is passed in (evaluator=) and called with the current model; nothing reads predictions.
     data = _val(bench)
     evaluator = CIRRetrievalEvaluator(data, processor, "cirr", cache=None, show_progress=False)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_eval_batch_size=8, label_names=["target_ids"], remove_unused_columns=False,
-        report_to=[], use_cpu=True, disable_tqdm=True,
+    args = CSMCIRTrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to=[], use_cpu=True, disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, eval_dataset=data["queries"], data_collator=CIRCollator(processor), compute_metrics=evaluator.compute_metrics)
-    evaluator.attach(trainer)
+    trainer = CSMCIRTrainer(model=model, args=args, eval_dataset=data["queries"], data_collator=CIRCollator(processor),
+                            evaluator=evaluator)
     metrics = trainer.evaluate()
     expected = evaluator(model)
     assert metrics["eval_recall_at_5"] == pytest.approx(expected["recall_at_5"], abs=1e-4)
     assert metrics["eval_recall_subset_at_1"] == pytest.approx(expected["recall_subset_at_1"], abs=1e-4)
+    assert "eval_loss" in metrics and trainer.evaluation_protocol == expected["protocol"]
+
+
+def test_trainer_evaluate_with_only_an_evaluator_needs_no_eval_dataset(bench, processor, model, tmp_path):
+    data = _val(bench)
+    evaluator = CIRRetrievalEvaluator(data, processor, "cirr", cache=None, show_progress=False)
+    args = CSMCIRTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True)
+    trainer = CSMCIRTrainer(model=model, args=args, evaluator=evaluator)
+    metrics = trainer.evaluate()
+    expected = {f"eval_{k}": v for k, v in evaluator(model).items() if k != "protocol"}
+    assert metrics.keys() >= expected.keys() and all(metrics[k] == pytest.approx(v, abs=1e-4) for k, v in expected.items())
+    assert trainer.state.log_history[-1]["eval_recall_at_1"] == pytest.approx(expected["eval_recall_at_1"], abs=1e-4)
 
 
 def test_cirr_submission_files_validate_and_follow_the_protocol(bench, processor, model, tmp_path):
@@ -183,7 +187,9 @@ def test_csmcir_eval_cli_writes_metrics_and_submissions(bench, processor, model,
     report = eval_main(common + ["--split", "val", "--output_dir", str(tmp_path / "val"),
                                  "--target_captions", str(bench / "target_captions" / "captions.rc2.val.json")])
     written = json.loads((tmp_path / "val" / "metrics.json").read_text())
-    assert written["metrics"] == report["metrics"] and written["metrics"]["protocol"].startswith("cirr-rc2")
+    # The metrics-report schema: numbers under "metrics", the protocol beside them.
+    assert written["metrics"] == {k: v for k, v in report["metrics"].items() if k != "protocol"}
+    assert written["protocol"].startswith("cirr-rc2") and written["format"] == "metrics-report"
     expected = evaluate_cir(model, processor, _val(bench), "cirr", cache=None, show_progress=False).metrics
     assert written["metrics"]["recall_at_5"] == pytest.approx(expected["recall_at_5"])
     eval_main(common + ["--split", "test1", "--output_dir", str(tmp_path / "test")])

@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers.utils import logging
 
-from .atomic_files import write_json_atomically
+from hub_cards.atomic_files import write_json_atomically
 from .cir_metrics import rank_gallery, subset_rankings
 
 

@@ -1,7 +1,8 @@
 """``csmcir-eval``: evaluate a CSMCIR model on FashionIQ, CIRR, CIRCO or Shoes under the official protocol.
 
-Writes ``metrics.json`` (metrics + protocol + the command's arguments) to ``--output_dir``; on test splits
-without public targets (CIRR ``test1``, CIRCO ``test``) it writes the test-server submission files instead::
+Writes ``metrics.json`` (the metrics-report schema of ``hub_cards.metrics_report``: metrics, protocol, dataset,
+split, model and the command's settings) to ``--output_dir``; on test splits without public targets (CIRR
+``test1``, CIRCO ``test``) it writes the test-server submission files and a report naming them::
 
     csmcir-eval --dataset cirr --data_dir D --model_name_or_path M --split val --output_dir O \
         [--target_captions D/target_captions/captions.rc2.val.json]
@@ -17,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser
+from transformers import AutoModel, AutoProcessor, HfArgumentParser
 from transformers.utils import logging
 
-from .atomic_files import write_json_atomically
-from .cir_datasets import BENCHMARKS, FASHIONIQ_CATEGORIES, load_cir_dataset
-from .cir_evaluation import GalleryFeatureCache, evaluate_cir
-from .cir_metrics import fashioniq_average
-from .submissions import (
+from hub_cards.console import console_entry_point
+from hub_cards.metrics_report import write_metrics_report
+
+from ..data.fashioniq import FASHIONIQ_CATEGORIES
+from ..data.loading import BENCHMARKS, load_cir_dataset
+from ..evaluation.cir_metrics import fashioniq_average
+from ..evaluation.evaluator import GalleryIndexCache, evaluate_cir
+from ..evaluation.submissions import (
     build_circo_submission,
     build_cirr_submissions,
     write_circo_submission,
@@ -36,44 +40,57 @@ logger = logging.get_logger(__name__)
 
 
 @dataclass
-class CIREvalArguments:
-    """Arguments of ``csmcir-eval``."""
+class ModelArguments:
+    """Which model ``csmcir-eval`` evaluates."""
+
+    model_name_or_path: str = field(metadata={"help": "Saved CSMCIR model folder or Hub id."})
+    processor_name_or_path: str | None = field(default=None, metadata={"help": "Processor folder (default: the model's)."})
+    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow running code from the model folder (off unless given)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which benchmark split ``csmcir-eval`` evaluates on, and where the results go."""
 
     dataset: str = field(metadata={"help": f"Benchmark: one of {list(BENCHMARKS)}."})
     data_dir: str = field(metadata={"help": "Root of the benchmark in its official layout."})
-    model_name_or_path: str = field(metadata={"help": "Saved CSMCIR model folder or Hub id."})
     output_dir: str = field(metadata={"help": "Where metrics.json (and submission files) are written."})
     split: str = field(default="val", metadata={"help": "Split: cirr val/test1, fashioniq val, circo val/test, shoes test."})
     category: str = field(default="all", metadata={"help": "FashionIQ category or 'all'."})
     target_captions: str | None = field(default=None, metadata={"help": "Target caption file (may contain {category})."})
     use_target_captions: bool | None = field(default=None, metadata={"help": "Encode targets with captions (default: when captions are given)."})
-    processor_name_or_path: str | None = field(default=None, metadata={"help": "Processor folder (default: the model's)."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
-    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Directory for cached gallery features."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Directory for cached gallery indexes."})
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.dataset not in BENCHMARKS:
             raise ValueError(f"unknown --dataset {self.dataset!r}; expected one of {list(BENCHMARKS)}")
         if self.dataset == "fashioniq" and self.category not in (*FASHIONIQ_CATEGORIES, "all"):
             raise ValueError(f"unknown --category {self.category!r}; expected one of {[*FASHIONIQ_CATEGORIES, 'all']}")
 
 
-def _load_model_and_processor(args: CIREvalArguments) -> tuple[torch.nn.Module, Any]:
-    from .modeling_csmcir import CSMCIRModel
-    from .processing_csmcir import CSMCIRProcessor
+def load_model_and_processor(args: ModelArguments) -> tuple[torch.nn.Module, Any]:
+    """The saved model (``AutoModel``, in eval mode on ``--device``) and its processor (``AutoProcessor``)."""
+    from .. import CSMCIRModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = CSMCIRModel.from_pretrained(args.model_name_or_path).to(device).eval()
-    processor = CSMCIRProcessor.from_pretrained(args.processor_name_or_path or args.model_name_or_path)
-    return model, processor
+    remote = dict(trust_remote_code=args.trust_remote_code)
+    model = AutoModel.from_pretrained(args.model_name_or_path, **remote)
+    if not isinstance(model, CSMCIRModel) and getattr(model.config, "model_type", None) != "csmcir":
+        raise ValueError(f"{args.model_name_or_path}: expected a CSMCIR model, got {type(model).__name__}")
+    processor = AutoProcessor.from_pretrained(args.processor_name_or_path or args.model_name_or_path, **remote)
+    return model.to(device).eval(), processor
 
 
-def run_evaluation(args: CIREvalArguments, model: torch.nn.Module, processor: Any) -> dict[str, Any]:
-    """Evaluate and write outputs; returns what ``metrics.json`` holds."""
+def run_evaluation(model_args: ModelArguments, args: DataArguments, model: torch.nn.Module,
+                   processor: Any) -> dict[str, Any]:
+    """Evaluate and write outputs; returns the report (``metrics`` as the protocol functions give them)."""
     output_dir = Path(args.output_dir)
-    cache = GalleryFeatureCache(args.cache_dir)
-    report: dict[str, Any] = {"dataset": args.dataset, "split": args.split, "model": args.model_name_or_path}
+    cache = GalleryIndexCache(args.cache_dir)
+    report: dict[str, Any] = {"dataset": args.dataset, "split": args.split, "model": model_args.model_name_or_path}
     eval_kwargs = dict(use_target_captions=args.use_target_captions, batch_size=args.batch_size, cache=cache)
     if args.dataset == "fashioniq":
         categories = FASHIONIQ_CATEGORIES if args.category == "all" else (args.category,)
@@ -98,26 +115,29 @@ def run_evaluation(args: CIREvalArguments, model: torch.nn.Module, processor: An
                 output_dir, build_circo_submission(result.scores, result.gallery_ids, result.query_ids), name=f"circo_{args.split}.json"
             )
             report["submission_files"] = [str(path)]
-    report["arguments"] = asdict(args)
-    write_json_atomically(output_dir / "metrics.json", report, indent=2)
+    report["arguments"] = {**asdict(model_args), **asdict(args)}
+    write_metrics_report(
+        output_dir / "metrics.json", report["metrics"], dataset=args.dataset, split=args.split,
+        model=model_args.model_name_or_path, settings=report["arguments"],
+        extra={"submission_files": [Path(p).name for p in report["submission_files"]]}
+        if "submission_files" in report else None,
+        allow_empty=True,
+    )
     logger.info(f"metrics: {report['metrics']}")
     return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of ``csmcir-eval``."""
-    (args,) = HfArgumentParser(CIREvalArguments).parse_args_into_dataclasses(args=argv)
-    model, processor = _load_model_and_processor(args)
-    report = run_evaluation(args, model, processor)
+    """Run ``csmcir-eval`` on ``argv`` (default: the command line); returns the report it wrote."""
+    model_args, data_args = HfArgumentParser((ModelArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    model, processor = load_model_and_processor(model_args)
+    report = run_evaluation(model_args, data_args, model, processor)
     print(report["metrics"])
     return report
 
 
-def console_main() -> None:
-    """Entry point of the ``csmcir-eval`` console script: `main` returns its result to Python callers, and a console
-    script would hand that object to ``sys.exit`` (exit status 1), so this wrapper discards it."""
-    main()
+console_main = console_entry_point(main, "csmcir-eval")
 
 
 if __name__ == "__main__":
-    main()
+    console_main()

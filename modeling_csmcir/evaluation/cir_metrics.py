@@ -2,9 +2,9 @@
 
 Everything here is a pure function on score matrices (``scores[q, g]`` = similarity of query ``q`` and
 gallery image ``g``) or on rankings (lists of gallery ids, best first). This is the one implementation of
-the protocols; the ``evaluate`` modules in ``metrics/`` and :mod:`cir_evaluation` call it.
+the protocols; the ``evaluate`` modules in ``evaluate_modules/`` and :mod:`.evaluator` call it.
 
-Protocols (see REFERENCES.md, "CIR benchmark protocols"):
+Protocols (as the benchmarks' official evaluation code defines them):
 
 * **CIRR** (rc2): the reference image is removed from the ranking; Recall@{1,5,10,50} over the whole split
   gallery; Recall_subset@{1,2,3} ranks only the ``img_set`` members other than the reference (5 candidates);
