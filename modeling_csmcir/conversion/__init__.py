@@ -9,24 +9,19 @@ from .bert_seeding import (
     seed_qformer_from_bert,
 )
 from .lavis import (
-    KNOWN_UNMAPPED,
     LAVIS_TO_CSMCIR_RENAMES,
     LavisConversionReport,
     convert_lavis_checkpoint,
     convert_lavis_state_dict,
     convert_lavis_to_folder,
-    extract_state_dict,
     infer_csmcir_config,
-    infer_qformer_config,
-    infer_vision_config,
     lavis_key_to_csmcir,
     load_lavis_checkpoint,
 )
-from .processor import build_processor, load_qformer_tokenizer
+from .processor import build_processor
 
 __all__ = [
     "BertSeedingReport",
-    "KNOWN_UNMAPPED",
     "LAVIS_TO_CSMCIR_RENAMES",
     "LavisConversionReport",
     "build_processor",
@@ -34,14 +29,10 @@ __all__ = [
     "convert_lavis_state_dict",
     "convert_lavis_to_folder",
     "csmcir_config_from_bert",
-    "extract_state_dict",
     "find_minilm_model_dir",
     "infer_csmcir_config",
-    "infer_qformer_config",
-    "infer_vision_config",
     "lavis_key_to_csmcir",
     "load_lavis_checkpoint",
-    "load_qformer_tokenizer",
     "qformer_config_from_bert",
     "seed_qformer_from_bert",
 ]

@@ -11,40 +11,29 @@ from .caption_files import (
     make_caption_entry,
     save_caption_file,
 )
-from .circo import CIRCO_SPLITS, load_circo
-from .cirr import CIRR_SPLITS, CIRRSplit, find_cirr_split, is_cirr_layout, load_cirr
+from .circo import load_circo
+from .cirr import find_cirr_split, is_cirr_layout, load_cirr
 from .collators import CIRCollator, CIRGalleryCollator
 from .fashioniq import (
     FASHIONIQ_CATEGORIES,
-    FASHIONIQ_SPLITS,
-    FashionIQCaptionRandomizer,
     fashioniq_eval_caption,
     fashioniq_training_caption_variants,
     load_fashioniq,
 )
 from .loading import BENCHMARKS, load_cir_dataset
-from .schema import TargetCaptions, build_cir_dataset
-from .shoes import SHOES_SPLITS, load_shoes
+from .shoes import load_shoes
 from .synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 __all__ = [
     "BENCHMARKS",
-    "CIRCO_SPLITS",
-    "CIRR_SPLITS",
     "CIRCollator",
     "CIRGalleryCollator",
-    "CIRRSplit",
     "CaptionEntry",
     "FALLBACK_REASON_KEY",
     "FASHIONIQ_CATEGORIES",
-    "FASHIONIQ_SPLITS",
     "FINAL_CAPTION_KEY",
-    "FashionIQCaptionRandomizer",
     "MCOT_LEVEL_KEYS",
-    "SHOES_SPLITS",
     "SyntheticCIRConfig",
-    "TargetCaptions",
-    "build_cir_dataset",
     "fashioniq_eval_caption",
     "fashioniq_training_caption_variants",
     "find_cirr_split",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from datasets import DatasetDict, Value
 
-from .paths import MAX_LISTED, check_choice, check_images_exist, read_json, require_keys
-from .schema import TargetCaptions, build_cir_dataset
+from .paths import check_choice, check_images_exist, read_json, require_keys
+from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
 CIRCO_SPLITS: tuple[str, ...] = ("val", "test")
@@ -53,21 +53,18 @@ def load_circo(
         ref = str(entry["reference_img_id"])
         target = str(entry.get("target_img_id") or "")
         gt = [str(g) for g in entry.get("gt_img_ids", []) if str(g) != ""]
-        unknown = [n for n in [ref, target, *gt] if n and n not in gallery_paths]
-        if unknown:
-            raise ValueError(f"{annotation_file}: query {entry['id']} names images not in {info_file}: {unknown[:MAX_LISTED]}")
         queries.append(
-            {
-                "query_id": str(entry["id"]),
-                "reference_id": ref,
-                "reference_image": gallery_paths[ref],
-                "modification_text": str(entry["relative_caption"]),
-                "target_id": target,
-                "target_image": gallery_paths[target] if target else None,
-                "gt_ids": gt,
-                "img_set": [],
-                "shared_concept": str(entry["shared_concept"]),
-            }
+            query_row(
+                gallery_paths,
+                where=f"{annotation_file}: query {entry['id']}",
+                listed_in=str(info_file),
+                query_id=str(entry["id"]),
+                reference_id=ref,
+                modification_text=str(entry["relative_caption"]),
+                target_id=target,
+                gt_ids=gt,
+                shared_concept=str(entry["shared_concept"]),
+            )
         )
     return build_cir_dataset(
         queries, gallery_paths, target_captions, f"CIRCO {split}",

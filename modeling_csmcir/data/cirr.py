@@ -15,8 +15,8 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .paths import MAX_LISTED, check_choice, check_images_exist, read_json, require_keys
-from .schema import TargetCaptions, build_cir_dataset
+from .paths import check_choice, check_images_exist, read_json, require_keys
+from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
 CIRR_SPLITS: tuple[str, ...] = ("train", "val", "test1")
@@ -113,20 +113,17 @@ def load_cirr(
         ref = str(entry["reference"])
         target = str(entry.get("target_hard") or "")
         members = entry["img_set"].get("members", []) if isinstance(entry["img_set"], Mapping) else []
-        unknown = [n for n in [ref, target, *members] if n and n not in gallery_paths]
-        if unknown:
-            raise ValueError(f"{caption_file}: pair {entry['pairid']} names images not in {split_file}: {unknown[:MAX_LISTED]}")
         queries.append(
-            {
-                "query_id": str(entry["pairid"]),
-                "reference_id": ref,
-                "reference_image": gallery_paths[ref],
-                "modification_text": str(entry["caption"]),
-                "target_id": target,
-                "target_image": gallery_paths[target] if target else None,
-                "gt_ids": [target] if target else [],
-                "img_set": [str(m) for m in members],
-            }
+            query_row(
+                gallery_paths,
+                where=f"{caption_file}: pair {entry['pairid']}",
+                listed_in=str(split_file),
+                query_id=str(entry["pairid"]),
+                reference_id=ref,
+                modification_text=str(entry["caption"]),
+                target_id=target,
+                img_set=[str(m) for m in members],
+            )
         )
     return build_cir_dataset(queries, gallery_paths, target_captions, f"CIRR {split}")
 

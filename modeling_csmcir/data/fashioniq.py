@@ -17,7 +17,7 @@ from pathlib import Path
 from datasets import DatasetDict, Sequence as SequenceFeature, Value
 
 from .paths import check_choice, check_images_exist, find_image_file, read_json, require_keys
-from .schema import TargetCaptions, build_cir_dataset
+from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
 FASHIONIQ_CATEGORIES: tuple[str, ...] = ("dress", "shirt", "toptee")
@@ -106,18 +106,17 @@ def load_fashioniq(
                 needed[name] = find_image_file(images, name)
         captions = [str(c) for c in entry["captions"]]
         queries.append(
-            {
-                "query_id": str(i),
-                "reference_id": ref,
-                "reference_image": needed[ref],
-                "modification_text": fashioniq_eval_caption(captions),
-                "target_id": target,
-                "target_image": needed[target] if target else None,
-                "gt_ids": [target] if target else [],
-                "img_set": [],
-                "captions": captions,
-                "category": category,
-            }
+            query_row(
+                needed,
+                where=f"{caption_file}: entry {i}",
+                listed_in=str(split_file),
+                query_id=str(i),
+                reference_id=ref,
+                modification_text=fashioniq_eval_caption(captions),
+                target_id=target,
+                captions=captions,
+                category=category,
+            )
         )
     check_images_exist(needed, f"{caption_file} / {split_file}")
     dataset = build_cir_dataset(

@@ -20,7 +20,7 @@ Images are stored as paths and decoded lazily on access (``datasets.Image``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,44 @@ class _CaptionLookup:
                 f"{len(set(self.missing))} images of {source} have no target caption (empty caption used); "
                 f"first {MAX_LISTED}: {sorted(set(self.missing))[:MAX_LISTED]}"
             )
+
+
+def query_row(
+    image_paths: Mapping[str, str | None],
+    *,
+    where: str,
+    listed_in: str,
+    query_id: str,
+    reference_id: str,
+    modification_text: str,
+    target_id: str = "",
+    gt_ids: list[str] | None = None,
+    img_set: Sequence[str] = (),
+    **extra: Any,
+) -> dict[str, Any]:
+    """One ``queries`` row, its images looked up by name in ``image_paths``.
+
+    ``gt_ids`` defaults to ``[target_id]`` (``[]`` without a target); ``extra`` holds reader-specific columns.
+
+    Raises:
+        ValueError: ``"{where} names images not in {listed_in}: [...]"`` when the reference, target, a ground
+            truth or an ``img_set`` member is not in ``image_paths``.
+    """
+    gt_ids = ([target_id] if target_id else []) if gt_ids is None else gt_ids
+    unknown = [n for n in [reference_id, target_id, *gt_ids, *img_set] if n and n not in image_paths]
+    if unknown:
+        raise ValueError(f"{where} names images not in {listed_in}: {unknown[:MAX_LISTED]}")
+    return {
+        "query_id": query_id,
+        "reference_id": reference_id,
+        "reference_image": image_paths[reference_id],
+        "modification_text": modification_text,
+        "target_id": target_id,
+        "target_image": image_paths[target_id] if target_id else None,
+        "gt_ids": gt_ids,
+        "img_set": list(img_set),
+        **extra,
+    }
 
 
 def build_cir_dataset(
@@ -123,4 +161,4 @@ def build_cir_dataset(
     )
 
 
-__all__ = ["TargetCaptions", "build_cir_dataset"]
+__all__ = ["TargetCaptions", "build_cir_dataset", "query_row"]

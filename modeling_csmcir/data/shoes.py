@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from .paths import IMAGE_EXTENSIONS, check_choice, check_images_exist, read_json, read_name_list, require_keys
-from .schema import TargetCaptions, build_cir_dataset
+from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
 SHOES_SPLITS: tuple[str, ...] = ("train", "test")
@@ -49,16 +49,15 @@ def load_shoes(
         if ref not in in_split or target not in in_split:
             continue
         queries.append(
-            {
-                "query_id": str(i),
-                "reference_id": ref,
-                "reference_image": gallery_paths[ref],
-                "modification_text": str(entry["RelativeCaption"]).strip(),
-                "target_id": target,
-                "target_image": gallery_paths[target],
-                "gt_ids": [target],
-                "img_set": [],
-            }
+            query_row(
+                gallery_paths,
+                where=f"{caption_file}: pair {i}",
+                listed_in=str(names_file),
+                query_id=str(i),
+                reference_id=ref,
+                modification_text=str(entry["RelativeCaption"]).strip(),
+                target_id=target,
+            )
         )
     if not queries:
         raise ValueError(f"{caption_file}: no pair has both images in {names_file}")

@@ -140,6 +140,24 @@ def test_cirr_loads_img_sets_targets_and_test_split(tmp_path):
     assert test["target_id"] == "" and test["target_image"] is None and test["target_label"] == -1 and test["gt_ids"] == []
 
 
+def test_cirr_reader_and_caption_image_source_resolve_one_layout_alike(tmp_path):
+    """The official download's layout: cirr/{captions,image_splits} beside img_raw/ holding the images."""
+    import shutil
+
+    from datasets import Image as ImageFeature
+
+    from modeling_csmcir.captioning import images_from_cirr_split
+
+    make_cirr(tmp_path / "cirr")
+    (tmp_path / "img_raw").mkdir()
+    shutil.move(tmp_path / "cirr" / "dev", tmp_path / "img_raw" / "dev")
+    gallery = load_cirr(tmp_path, "val")["gallery"].cast_column("image", ImageFeature(decode=False))
+    records = images_from_cirr_split(tmp_path, "val")
+    assert [r.name for r in records] == gallery["image_id"]
+    assert [r.source for r in records] == [cell["path"] for cell in gallery["image"]]
+    assert records[0].source == str(tmp_path / "img_raw" / "dev" / "1" / "dev-1-0-img0.png")
+
+
 def test_cirr_joins_authors_format_caption_file(tmp_path):
     root = make_cirr(tmp_path)
     captions = {f"dev-1-{i}-img{i}": {"level_1_global": "g", "Final_Caption": f"scene {i}"} for i in range(6)}

@@ -277,14 +277,20 @@ def test_images_from_directory_names_and_collisions(image_dir, tmp_path):
         images_from_directory(tmp_path)
 
 
-def test_images_from_cirr_split_resolves_relative_paths(tmp_path):
-    (tmp_path / "image_splits").mkdir()
-    (tmp_path / "dev" / "0").mkdir(parents=True)
+def _write_cirr_val_split(root: Path, names: list[str]) -> dict[str, str]:
+    """A CIRR-layout val split of random images (image ``i`` is ``_random_image(i)``); returns its name -> path map."""
+    (root / "image_splits").mkdir(parents=True)
+    (root / "dev" / "0").mkdir(parents=True)
     mapping = {}
-    for i in range(3):
-        _random_image(i).save(tmp_path / "dev" / "0" / f"dev-{i}-img0.png")
-        mapping[f"dev-{i}-img0"] = f"./dev/0/dev-{i}-img0.png"
-    (tmp_path / "image_splits" / "split.rc2.val.json").write_text(json.dumps(mapping))
+    for i, name in enumerate(names):
+        _random_image(i).save(root / "dev" / "0" / f"{name}.png")
+        mapping[name] = f"./dev/0/{name}.png"
+    (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps(mapping))
+    return mapping
+
+
+def test_images_from_cirr_split_resolves_relative_paths(tmp_path):
+    mapping = _write_cirr_val_split(tmp_path, [f"dev-{i}-img0" for i in range(3)])
     records = images_from_cirr_split(tmp_path, "val")
     assert [r.name for r in records] == list(mapping)
     assert np.array_equal(np.asarray(records[1].load()), np.asarray(_random_image(1)))
@@ -495,13 +501,7 @@ def test_model_without_chat_template_is_refused_before_work(tmp_path, image_dir)
 
 def test_cli_dataset_mode_reads_cirr_layout(vlm_dir, tmp_path, capsys):
     root = tmp_path / "cirr"
-    (root / "image_splits").mkdir(parents=True)
-    (root / "dev" / "1").mkdir(parents=True)
-    mapping = {}
-    for i in range(3):
-        _random_image(i).save(root / "dev" / "1" / f"dev-{i}.png")
-        mapping[f"dev-{i}"] = f"./dev/1/dev-{i}.png"
-    (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps(mapping))
+    _write_cirr_val_split(root, [f"dev-{i}" for i in range(3)])
     out = tmp_path / "val.json"
     report = caption_main(["--dataset", str(root), "--split", "val", "--model_name_or_path", str(vlm_dir),
                            "--output_file", str(out), "--prompt", "general", "--max_new_tokens", "4", "--device", "cpu"])
