@@ -76,7 +76,7 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
 
     _banner("CSMCIR 2/4 — training a tiny CSMCIR: captioned targets, shared Q-Former, entropy memory bank")
     report = csmcir_train([
-        "--dataset", "cirr", "--data_dir", str(data_dir), "--captions", str(captions), "--config_name", "tiny",
+        "--dataset", "cirr", "--data_dir", str(data_dir), "--captions", str(captions), "--config_name", "tiny-scratch",
         "--max_steps", str(budget.cir_steps), "--per_device_train_batch_size", str(budget.cir_batch_size),
         "--learning_rate", "1e-3", "--warmup_steps", "0.05", "--weight_decay", "0.05", "--lr_scheduler_type", "cosine",
         # From-scratch learning rates move a raw temperature to its clamp within tens of steps: keep it at 0.07.
@@ -150,7 +150,7 @@ def run_mmaps(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
 
     _banner("MMAPS 2/4 — training a tiny MMAPS: text + image, attribute head, alignment and region tasks")
     mmaps_train([
-        "--data_dir", str(data_dir), "--config_name", "tiny", "--num_train_epochs", str(budget.mmaps_epochs),
+        "--data_dir", str(data_dir), "--config_name", "tiny-scratch", "--num_train_epochs", str(budget.mmaps_epochs),
         "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--eval_strategy", "no",
         *_common_training_flags(model_dir, seed),
     ])
