@@ -24,6 +24,10 @@ Atomic writes (``hub_cards.atomic_files``): ``write_json_atomically``, ``write_t
 Clean-process loading (``hub_cards.clean_process``): ``run_in_clean_process`` runs code where this repository's
 packages cannot be imported, as on a machine that only has transformers.
 
+Shared by both packages' CLIs (they never import each other): ``hub_cards.console.console_entry_point`` (console
+scripts: exit 0, or one line without a traceback on bad input) and ``hub_cards.checkpoints``
+(``--resume_from_checkpoint last``: the latest checkpoint that finished saving).
+
 Names are imported on first use, so ``import hub_cards.atomic_files`` stays cheap.
 """
 
