@@ -65,13 +65,12 @@ def _run(args_dict: dict, variant: str, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from modeling_mmaps.attributes import build_attribute_vocabulary, merge_attribute_vocabularies
-    from modeling_mmaps.cepsum_data import load_cepsum_split
-    from modeling_mmaps.configuration_mmaps import MMAPSConfig
-    from modeling_mmaps.eval_cli import main as eval_main
+    from modeling_mmaps.cli.eval import main as eval_main
+    from modeling_mmaps.cli.train import main as train_main
+    from modeling_mmaps.data.attributes import build_attribute_vocabulary, merge_attribute_vocabularies
+    from modeling_mmaps.data.cepsum import load_cepsum_split
     from modeling_mmaps.modeling_mmaps import MMAPSForConditionalGeneration
-    from modeling_mmaps.train_cli import DataArguments, ModelArguments, build_tiny_model
-    from modeling_mmaps.train_cli import main as train_main
+    from modeling_mmaps.presets import character_vocabulary, preset_config, preset_model
 
     args = MMAPSAblationArguments(**args_dict)
     changes, visual_input, _ = VARIANTS[variant]
@@ -87,12 +86,12 @@ def _run(args_dict: dict, variant: str, seed: int) -> dict:
             by_category.setdefault(category, []).append(tgt)
     vocabulary = merge_attribute_vocabularies(build_attribute_vocabulary(by_category, 1000, language="zh", min_count=2))
     torch.manual_seed(seed)
-    model, processor = build_tiny_model(train, vocabulary, ModelArguments(config_name="tiny", visual_input=visual_input),
-                                        DataArguments(data_dir=data_dir))
+    texts = [*train["src"], *(t for refs in train["tgt"] for t in refs)]
+    model, processor = preset_model("tiny-scratch", tokens=character_vocabulary(texts), attribute_vocabulary=vocabulary,
+                                    visual_input=visual_input)
     if changes:
-        config = MMAPSConfig.tiny(**{**{k: v for k, v in model.config.to_diff_dict().items()
-                                         if k in ("num_attributes",)},
-                                     "text_config": model.config.text_config.to_dict(), **changes})
+        config = preset_config("tiny", num_attributes=model.config.num_attributes,
+                               text_config=model.config.text_config.to_dict(), **changes)
         torch.manual_seed(seed)
         model = MMAPSForConditionalGeneration(config)
     init_dir = os.path.join(run_dir, "init")
@@ -122,8 +121,8 @@ KEYS = (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L"), ("b
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(MMAPSAblationArguments).parse_args_into_dataclasses(args=argv)
     from modeling_csmcir.cached_training import mean_std
-    from hub_cards.atomic_files import write_json_atomically
-    from modeling_mmaps.synthetic_products import generate_synthetic_products
+    from hub_cards.atomic_files import write_json_atomically, write_text_atomically
+    from modeling_mmaps.data.synthetic import generate_synthetic_products
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Data: `mmaps-synth --num_products {args.num_products} --seed {args.data_seed}` (Chinese, CEPSUM layout, "
         "3 categories; colour left out of the text for half the products and the pattern for 30%: image-only "
         "attributes). Scored on `test`.",
-        f"Model: `mmaps-train --config_name tiny`-sized MMAPS from scratch (d_model 32, 1+1 BART layers, character "
+        f"Model: `mmaps-train --config_name tiny-scratch`-sized MMAPS from scratch (d_model 64, 2+1 BART layers, character "
         f"vocabulary), region features; {args.max_steps} steps, batch {args.batch_size}, AdamW lr {args.learning_rate} "
         f"(warm-up 20, cosine). Seeds: {args.seeds}. Decoding: `mmaps-eval`, beams {args.num_beams}, at most 60 new tokens.",
         "Metrics (%): CEPSUM character ROUGE (multi-reference), BLEU-4, attribute F1 against the references' attribute "
@@ -177,10 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines += ["", "Lead baseline (first N characters of the product text): " +
                   ", ".join(f"{k} {float(v):.1f}" for k, v in lead.items())]
     lines += ["", "## Notes", "", _previous_notes(out / "ablation_mmaps.md"), ""]
-    path = out / "ablation_mmaps.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(out / "ablation_mmaps.md", "\n".join(lines))
     print("\n".join(lines))
     return report
 

@@ -30,6 +30,7 @@ from transformers import BartConfig, BartForConditionalGeneration, HfArgumentPar
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
+from hub_cards.atomic_files import write_text_atomically
 from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration
 
 logger = logging.get_logger(__name__)
@@ -198,11 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"Goals: generation ≥ 0.9× BART tokens/s; training ≤ 1.5× BART step time. Target length {args.target_length}.",
         "",
     ])
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, args.output)
+    write_text_atomically(args.output, text)
     print(text)
     result = {f"gen_ratio_{n}": (median[("bart", n)] / median[("mmaps", n)]) for n in lengths}
     result["train_ratio"] = train["mmaps"] / train["bart"]

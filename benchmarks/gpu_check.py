@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, csmcir_contrastive_loss  # noqa: E402
 from modeling_csmcir.memory_bank import MemoryBank  # noqa: E402
-from modeling_mmaps import MMAPSConfig, MMAPSForConditionalGeneration  # noqa: E402
+from modeling_mmaps import MMAPSForConditionalGeneration  # noqa: E402
+from modeling_mmaps import presets as mmaps_presets  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -99,16 +100,10 @@ def csmcir_step(device: torch.device, smoke: bool, steps: int) -> dict:
 
 def mmaps_generation(device: torch.device, smoke: bool) -> dict:
     if smoke:
-        config = MMAPSConfig.tiny()
+        config = mmaps_presets.preset_config("tiny")
         batch, source_length, new_tokens = 4, 64, 16
     else:
-        config = MMAPSConfig(
-            text_config=dict(vocab_size=21128, d_model=768, encoder_layers=6, decoder_layers=6,
-                             encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
-                             decoder_ffn_dim=3072, max_position_embeddings=1024, pad_token_id=0, bos_token_id=101,
-                             eos_token_id=102, decoder_start_token_id=102, forced_eos_token_id=102),
-            visual_feature_dim=2048, max_regions=36, num_region_classes=1601, num_attributes=1000,
-        )
+        config = mmaps_presets.preset_config("base")
         batch, source_length, new_tokens = 32, 400, 90
     model = MMAPSForConditionalGeneration(config).to(device).eval()
     if device.type == "cuda":

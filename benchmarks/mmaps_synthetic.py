@@ -4,7 +4,7 @@
 
 Steps, all through the package's own CLIs: ``mmaps-synth`` writes a Chinese CEPSUM-layout set in which
 some attributes (the colour, sometimes the pattern) appear only in the image; ``mmaps-train --config_name
-tiny`` trains the same tiny model twice, once fed the images and once image-blind (``--visual_input
+tiny-scratch`` trains the same tiny model twice, once fed the images and once image-blind (``--visual_input
 none``); ``mmaps-eval`` scores each on the test split (CEPSUM character ROUGE, BLEU, attribute F1, the
 lead-N-characters baseline, and the share of image-only attributes the summaries mention). The table
 and the command go to ``benchmarks/results/mmaps_synthetic.md`` (and ``.json``).
@@ -13,7 +13,6 @@ and the command go to ``benchmarks/results/mmaps_synthetic.md`` (and ``.json``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,9 +23,10 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def run(num_products: int, max_steps: int, output_dir: str, seed: int, learning_rate: float, threads: int) -> dict:
     import torch
 
-    from modeling_mmaps.eval_cli import main as eval_main
-    from modeling_mmaps.synthetic_products import generate_synthetic_products
-    from modeling_mmaps.train_cli import main as train_main
+    from hub_cards.metrics_report import read_metrics_report
+    from modeling_mmaps.cli.eval import main as eval_main
+    from modeling_mmaps.cli.train import main as train_main
+    from modeling_mmaps.data.synthetic import generate_synthetic_products
 
     torch.set_num_threads(threads)
     data_dir = os.path.join(output_dir, "data")
@@ -36,18 +36,19 @@ def run(num_products: int, max_steps: int, output_dir: str, seed: int, learning_
         model_dir = os.path.join(output_dir, f"model_{visual_input}")
         start = time.time()
         train_main([
-            "--data_dir", data_dir, "--output_dir", model_dir, "--config_name", "tiny", "--visual_input", visual_input,
+            "--data_dir", data_dir, "--output_dir", model_dir, "--config_name", "tiny-scratch", "--visual_input", visual_input,
             "--max_steps", str(max_steps), "--per_device_train_batch_size", "16", "--learning_rate", str(learning_rate),
             "--warmup_steps", "0.05", "--logging_steps", "100", "--save_strategy", "no", "--eval_strategy", "no",
             "--eval_split", "", "--report_to", "none", "--use_cpu", "--seed", str(seed), "--attribute_top_n", "40",
             "--disable_tqdm", "true",
         ])
         train_seconds = time.time() - start
+        eval_dir = os.path.join(output_dir, f"eval_{visual_input}")
         metrics = eval_main([
             "--data_dir", data_dir, "--model_name_or_path", model_dir, "--split", "test", "--visual_input", visual_input,
-            "--output_dir", os.path.join(output_dir, f"eval_{visual_input}"), "--num_beams", "1", "--max_new_tokens", "40",
-            "--use_cpu",
+            "--output_dir", eval_dir, "--num_beams", "1", "--max_new_tokens", "40", "--use_cpu",
         ])
+        metrics["num_products"] = read_metrics_report(eval_dir).settings["num_products"]
         metrics["train_seconds"] = train_seconds
         rows[visual_input] = metrics
     return rows
@@ -93,15 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--output_dir", default="outputs/mmaps_synthetic_benchmark")
     args = parser.parse_args(argv)
+    from hub_cards.atomic_files import write_json_atomically, write_text_atomically
+
     command = "python -m benchmarks.mmaps_synthetic " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = run(args.num_products, args.max_steps, args.output_dir, args.seed, args.learning_rate, args.threads)
     table = write_table(rows, command.strip(), args)
-    os.makedirs(RESULTS, exist_ok=True)
-    for name, text in (("mmaps_synthetic.md", table), ("mmaps_synthetic.json", json.dumps(rows, ensure_ascii=False, indent=2))):
-        tmp = os.path.join(RESULTS, "." + name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(RESULTS, name))
+    write_text_atomically(os.path.join(RESULTS, "mmaps_synthetic.md"), table)
+    write_json_atomically(os.path.join(RESULTS, "mmaps_synthetic.json"), rows)
     print(table)
     return rows
 
