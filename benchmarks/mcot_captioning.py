@@ -1,7 +1,7 @@
 """Throughput of the MCoT captioner's own machinery: batching through ``pipeline("image-text-to-text")``, the
 resumable cache, and the answer parser.
 
-The VLM is the tiny random Llava of ``tests/tiny_vlm.py`` (no real weights can be had offline), so the
+The VLM is the tiny random Llava of ``tests/csmcir/tiny_vlm.py`` (no real weights can be had offline), so the
 images/s numbers measure the pipeline + batching overhead of our code path, not a real model's speed. The cache
 rows compare what the run does per batch (append one journal line, fsync) with rewriting the whole caption file
 per batch, for a gallery-sized cache — the reason the journal exists.
@@ -106,7 +106,7 @@ def main() -> None:
         "# MCoT captioning machinery",
         "",
         "Command: `.venv/bin/python benchmarks/mcot_captioning.py` (CPU, 2 threads, shared 2-core machine;",
-        f"tiny random Llava from tests/tiny_vlm.py, {NUM_IMAGES} images of 32x32, max_new_tokens={MAX_NEW_TOKENS}, greedy).",
+        f"tiny random Llava from tests/csmcir/tiny_vlm.py, {NUM_IMAGES} images of 32x32, max_new_tokens={MAX_NEW_TOKENS}, greedy).",
         "",
         "| batch size | images/s | generated tokens/s |",
         "|---:|---:|---:|",
