@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import Blip2Config, Blip2ForImageTextRetrieval
-from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
+from fixtures import tiny_blip2_config
 from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
 from modeling_csmcir.cli.convert import main as convert_main
 from modeling_csmcir.conversion.lavis import (
@@ -26,17 +26,9 @@ HEAD_COUNTS = {"vision_config": {"num_attention_heads": 2}, "qformer_config": {"
 
 
 def _tiny_blip2() -> Blip2ForImageTextRetrieval:
-    vision = Blip2VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
     # 3 layers with cross-attention every 2nd (layers 0 and 2), as BLIP-2's Q-Former: the config must be inferred.
-    qformer = Blip2QFormerConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
-        encoder_hidden_size=32, cross_attention_frequency=2, use_qformer_text_input=True, max_position_embeddings=40,
-    )
-    config = Blip2Config(
-        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), num_query_tokens=4, image_text_hidden_size=24
-    )
+    config = tiny_blip2_config(vocab_size=VOCAB, num_qformer_layers=3, cross_attention_frequency=2,
+                               qformer_intermediate_size=48, max_position_embeddings=40)
     torch.manual_seed(3)
     model = Blip2ForImageTextRetrieval(config).eval()
     with torch.no_grad():  # default init leaves zeros, ones and near-zero tensors: randomise every one of them
