@@ -32,7 +32,7 @@ MMAPSProcessor.register_for_auto_class("AutoProcessor")
 # Public name -> the module that defines it, imported on first access (PEP 562).
 _LAZY_EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PRESETS", "get_preset", "preset_config", "preset_model", "preset_processor"], ".presets"),
-    **dict.fromkeys(["MMAPSTrainer", "MMAPSTrainingArguments", "latest_complete_checkpoint"], ".trainer_mmaps"),
+    **dict.fromkeys(["MMAPSTrainer", "MMAPSTrainingArguments"], ".trainer_mmaps"),
     **dict.fromkeys(["MMAPSDataCollator", "RegionFeatureReader", "load_cepsum", "load_cepsum_split"], ".data.cepsum"),
     **dict.fromkeys(["attribute_labels", "build_attribute_vocabulary", "find_attributes", "load_attribute_vocabulary",
                      "merge_attribute_vocabularies", "save_attribute_vocabulary"], ".data.attributes"),

@@ -12,13 +12,10 @@ What it adds to ``Seq2SeqTrainer`` (each override says why):
   P/R/F1 over the processor's attribute vocabulary;
 * :class:`MMAPSTrainingArguments` selects checkpoints on dev ROUGE-2 (the paper's choice) and decodes
   with beam 3, at most 90 tokens, by default.
-
-:func:`latest_complete_checkpoint` finds what ``mmaps-train --resume_from_checkpoint last`` resumes from.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,20 +176,3 @@ class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer):
         # Overridden for the same reason as `evaluate`.
         self._metrics_for(test_dataset)
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
-
-
-def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The highest-step ``checkpoint-N`` in ``output_dir`` that has its ``trainer_state.json`` (it finished saving).
-
-    ``transformers.trainer_utils.get_last_checkpoint`` takes the highest number even when a killed run left that
-    folder half written; this skips such folders. ``None`` when there is none (or no ``output_dir``).
-    """
-    output_dir = os.fspath(output_dir)
-    if not os.path.isdir(output_dir):
-        return None
-    steps = []
-    for name in os.listdir(output_dir):
-        prefix, _, number = name.partition("-")
-        if prefix == "checkpoint" and number.isdigit() and os.path.isfile(os.path.join(output_dir, name, "trainer_state.json")):
-            steps.append(int(number))
-    return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoProcessor, HfArgumentParser
 from transformers.utils import logging
 
 from hub_cards.atomic_files import write_text_atomically
+from hub_cards.console import console_entry_point
 from hub_cards.metrics_report import write_metrics_report
 
 from ..data.attributes import check_vocabulary_matches_model
@@ -115,12 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return result.metrics
 
 
-def console_main() -> None:
-    """Entry point of the ``mmaps-eval`` console script: exit 0 on success, a one-line error otherwise."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"mmaps-eval: error: {error}")
+console_main = console_entry_point(main, "mmaps-eval")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ The generator and the set it writes are :func:`~modeling_mmaps.data.synthetic.ge
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from transformers import HfArgumentParser
+
+from hub_cards.console import console_entry_point
 
 from ..data.synthetic import generate_synthetic_products
 
@@ -42,12 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return info
 
 
-def console_main() -> None:
-    """Entry point of the ``mmaps-synth`` console script: exit 0 on success, a one-line error otherwise."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"mmaps-synth: error: {error}")
+console_main = console_entry_point(main, "mmaps-synth")
 
 
 if __name__ == "__main__":

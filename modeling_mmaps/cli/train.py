@@ -21,7 +21,6 @@ report, ``hub_cards.metrics_report``) land in ``--output_dir``.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +28,14 @@ from transformers import AutoModelForSeq2SeqLM, AutoProcessor, HfArgumentParser,
 from transformers.utils import logging
 
 from hub_cards.atomic_files import write_json_atomically
+from hub_cards.checkpoints import resolve_resume_checkpoint
+from hub_cards.console import console_entry_point
 from hub_cards.metrics_report import write_metrics_report
 
 from ..data.attributes import build_attribute_vocabulary, check_vocabulary_matches_model, merge_attribute_vocabularies
 from ..data.cepsum import MMAPSDataCollator, load_cepsum_split
 from ..presets import PRESETS, character_vocabulary, preset_model
-from ..trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments, latest_complete_checkpoint
+from ..trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments
 
 logger = logging.get_logger(__name__)
 
@@ -136,11 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     collator = MMAPSDataCollator(processor, visual_input=model_args.visual_input, language=training_args.summary_language)
     trainer = MMAPSTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                            data_collator=collator, processing_class=processor)
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = latest_complete_checkpoint(training_args.output_dir)
-        if resume is None:
-            logger.warning(f"no complete checkpoint in {training_args.output_dir}: training from the start")
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     processor.save_pretrained(training_args.output_dir)
@@ -160,12 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return metrics
 
 
-def console_main() -> None:
-    """Entry point of the ``mmaps-train`` console script: exit 0 on success, a one-line error otherwise."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"mmaps-train: error: {error}")
+console_main = console_entry_point(main, "mmaps-train")
 
 
 if __name__ == "__main__":

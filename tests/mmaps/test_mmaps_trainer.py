@@ -113,6 +113,24 @@ def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_train_cli_resumes_from_the_last_complete_checkpoint(small_set, tmp_path):
+    from safetensors.torch import load_file
+
+    from modeling_mmaps.cli.train import main as train_main
+
+    out = tmp_path / "run"
+    common = ["--data_dir", small_set, "--output_dir", str(out), "--config_name", "tiny", "--max_steps", "2",
+              "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "--eval_split", "",
+              "--save_strategy", "steps", "--save_steps", "2", "--attribute_top_n", "10", "--disable_tqdm", "true"]
+    train_main([*common, "--learning_rate", "1e-2"])
+    trained = load_file(out / "checkpoint-2" / "model.safetensors")
+    (out / "checkpoint-3").mkdir()  # a checkpoint that never finished saving (no trainer_state.json) is skipped
+    # Resumed at step 2 of 2, no step runs: the saved model is the trained one (a fresh run at lr 0 saves the init).
+    train_main([*common, "--learning_rate", "0", "--resume_from_checkpoint", "last"])
+    saved = load_file(out / "model.safetensors")
+    assert all(torch.equal(saved[k], trained[k]) for k in trained)
+
+
 def _train_and_score(data_dir, tmp_path, visual_input, steps):
     """Train the tiny model for `steps` and return (generated test summaries, test split)."""
     torch.manual_seed(0)
