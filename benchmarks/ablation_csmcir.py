@@ -35,12 +35,11 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from modeling_csmcir import CSMCIRProcessor
+from hub_cards.atomic_files import atomic_path, write_json_atomically, write_text_atomically
 from modeling_csmcir.cached_training import (
-    CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, quiet_transformers, small_csmcir_config,
-    steps_to_reach, train_cached,
+    CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, quiet_transformers, steps_to_reach, train_cached,
 )
-from hub_cards.atomic_files import write_json_atomically
+from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 
@@ -106,7 +105,7 @@ def _init_worker(args_dict: dict) -> None:
     torch.set_num_threads(1)
     quiet_transformers()
     args = AblationArguments(**args_dict)
-    processor = CSMCIRProcessor.tiny(image_size=args.image_size)
+    processor = preset_processor("small", image_size=args.image_size)
     _WORKER.update(args=args, processor=processor,
                    train=CachedCIRSplit(args.data_dir, "train", processor), val=CachedCIRSplit(args.data_dir, "val", processor))
 
@@ -114,8 +113,8 @@ def _init_worker(args_dict: dict) -> None:
 def _run(variant: str, seed: int) -> dict:
     args, train, val = _WORKER["args"], _WORKER["train"], _WORKER["val"]
     captions, shared, strategy, _ = VARIANTS[variant]
-    config = small_csmcir_config(len(_WORKER["processor"].tokenizer), image_size=args.image_size,
-                                 hidden_size=args.hidden_size, num_layers=args.num_layers, share_qformer=shared)
+    config = preset_config("small", vocab_size=len(_WORKER["processor"].tokenizer), image_size=args.image_size,
+                           hidden_size=args.hidden_size, num_layers=args.num_layers, share_qformer=shared)
     settings = CachedRunSettings(
         use_target_captions=captions, share_qformer=shared, bank_strategy=strategy, seed=seed, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, bank_size=args.bank_size,
@@ -238,10 +237,9 @@ def _plot(report: dict, path: Path) -> None:
         ax.set_title(f"{title}, mean ± std over seeds")
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _fmt(pair: tuple[float, float]) -> str:
@@ -260,7 +258,7 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
         f"Data: `csmcir-synth --num_images {args.num_images} --seed {args.data_seed} --image_size {args.image_size} "
         f"--min_objects {args.min_objects} --max_objects {args.max_objects} --pairs_per_set {args.pairs_per_set} "
         f"--caption_error_rate {args.caption_error_rate}` (CIRR rc2 layout; train/val sizes in the JSON).",
-        f"Model: CSMCIR from scratch (`small_csmcir_config`: ViT and Q-Former width {args.hidden_size}, "
+        f"Model: CSMCIR from scratch (preset `small`: ViT and Q-Former width {args.hidden_size}, "
         f"{args.num_layers} layers, 8 query tokens, 64-d embeddings; the tiny ViT trains too). Training: "
         f"`CSMCIRTrainer`, {args.max_steps} steps, batch {args.batch_size}, AdamW lr {args.learning_rate} (warm-up 30, "
         f"cosine), bank size {args.bank_size}, k_min {args.bank_k_min}, k_max {args.bank_k_max}, bank from step "
@@ -301,9 +299,7 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
                 cells += [_fmt(eff[v]["mean_curve"]["recall_at_1"][i]), _fmt(eff[v]["mean_curve"]["recall_at_5"][i])]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
     lines += ["", "## Notes", "", _previous_notes(path), ""]
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, "\n".join(lines))
     print("\n".join(lines))
 
 

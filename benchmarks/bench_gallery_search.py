@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import HfArgumentParser
-from transformers.models.blip_2.configuration_blip_2 import Blip2VisionConfig
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
+from hub_cards.atomic_files import write_text_atomically
 from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, GalleryIndex
 
 logger = logging.get_logger(__name__)
@@ -229,33 +229,22 @@ def bench_search(args: GallerySearchBenchmarkArguments, lines: list[str]) -> Non
 
 def scaled_blip2_config(processor_vocab: int, divisor: int):
     """BLIP-2 ViT-g/14 (39 layers, 224 px, 257 tokens) + Q-Former (12 layers, 32 queries) with widths / divisor."""
-    from modeling_csmcir import CSMCIRConfig
+    from modeling_csmcir.presets import preset_config
 
-    vision = Blip2VisionConfig(
-        hidden_size=1408 // divisor,
-        intermediate_size=6144 // divisor,
-        num_hidden_layers=39,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
+    return preset_config(
+        "blip2-vitg", vocab_size=processor_vocab, image_size=224,
+        vision_hidden_size=1408 // divisor, vision_intermediate_size=6144 // divisor,
+        qformer_hidden_size=768 // divisor, qformer_intermediate_size=3072 // divisor,
     )
-    qformer = dict(
-        vocab_size=processor_vocab,
-        hidden_size=768 // divisor,
-        intermediate_size=3072 // divisor,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        cross_attention_frequency=2,
-    )
-    return CSMCIRConfig(vision_config=vision, qformer_config=qformer, num_query_tokens=32, embed_dim=256)
 
 
 def bench_build(args: GallerySearchBenchmarkArguments, lines: list[str]) -> None:
     from transformers import pipeline
 
-    from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
+    from modeling_csmcir import CSMCIRModel
+    from modeling_csmcir.presets import preset_processor
 
-    processor = CSMCIRProcessor.tiny(image_size=224)
+    processor = preset_processor("blip2-vitg", image_size=224)
     torch.manual_seed(args.seed)
     model = CSMCIRModel(scaled_blip2_config(len(processor.tokenizer), args.build_width_divisor)).eval()
     vision_params = sum(p.numel() for p in model.vision_model.parameters())
@@ -360,10 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp_path = args.output + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp_path, args.output)
+    write_text_atomically(args.output, text)
     print(text)
 
 

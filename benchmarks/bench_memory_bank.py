@@ -14,7 +14,6 @@ Two tables, written to ``benchmarks/results/memory_bank.md``:
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tempfile
@@ -24,9 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Blip2VisionConfig, HfArgumentParser
+from transformers import HfArgumentParser
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, MemoryBank
+from hub_cards.atomic_files import write_text_atomically
+from modeling_csmcir import CSMCIRModel, MemoryBank
+from modeling_csmcir.presets import preset_config
 from modeling_csmcir.trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
 
 
@@ -51,17 +52,12 @@ class BenchArguments:
 
 
 def build_model(args: BenchArguments) -> CSMCIRModel:
-    vision = Blip2VisionConfig(
-        hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=4, image_size=args.image_size, patch_size=8,
-    )
-    qformer = dict(
-        vocab_size=30522, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
-        intermediate_size=4 * args.hidden_size, cross_attention_frequency=2, max_position_embeddings=64,
-    )
-    config = CSMCIRConfig.tiny(
-        vision_config=vision, qformer_config=qformer, num_query_tokens=16, embed_dim=args.embed_dim,
-        image_size=args.image_size,
+    # Preset "tiny" resized to the benchmark's width/depth, with BERT's 4x feed-forward and 16 query tokens.
+    config = preset_config(
+        "tiny", image_size=args.image_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        vision_intermediate_size=4 * args.hidden_size, vision_num_attention_heads=4,
+        qformer_intermediate_size=4 * args.hidden_size, qformer_num_attention_heads=4,
+        qformer_cross_attention_frequency=2, num_query_tokens=16, embed_dim=args.embed_dim,
     )
     torch.manual_seed(0)
     return CSMCIRModel(config)
@@ -200,9 +196,7 @@ def main(argv: list[str] | None = None) -> Path:
     lines.append("")
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, output)
+    write_text_atomically(output, "\n".join(lines))
     print("\n".join(lines))
     return output
 

@@ -26,7 +26,7 @@ import torch
 from transformers.utils import logging
 
 import modeling_csmcir.cached_training as ct
-from modeling_csmcir import CSMCIRProcessor
+from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.trainer_csmcir import CSMCIRTrainer
 
 logger = logging.get_logger(__name__)
@@ -60,13 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
         trainers.append(self)
 
     CSMCIRTrainer.__init__ = keep_trainer
-    processor = CSMCIRProcessor.tiny(image_size=32)
+    processor = preset_processor("small", image_size=32)
     # Rebuilt every run rather than pickled: nothing here loads pickles (weights_only=False would execute code).
     data = "outputs/ablation_cir_data"
     train, val = ct.CachedCIRSplit(data, "train", processor), ct.CachedCIRSplit(data, "val", processor)
     settings = {**DEFAULTS, "output_dir": f"outputs/diag/tmp_{name}", **overrides}
     start = time.time()
-    model, info = ct.train_cached(ct.small_csmcir_config(len(processor.tokenizer), image_size=32), train, val,
+    model, info = ct.train_cached(preset_config("small", vocab_size=len(processor.tokenizer), image_size=32), train, val,
                                   ct.CachedRunSettings(**settings))
     gallery = ct.encode_cached(model, val, True)["gallery"]
     n = gallery.shape[0]

@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, csmcir_contrastive_loss  # noqa: E402
+from modeling_csmcir import CSMCIRModel, csmcir_contrastive_loss  # noqa: E402
+from modeling_csmcir.presets import preset_config  # noqa: E402
 from modeling_csmcir.memory_bank import MemoryBank  # noqa: E402
 from modeling_mmaps import MMAPSForConditionalGeneration  # noqa: E402
 from modeling_mmaps import presets as mmaps_presets  # noqa: E402
@@ -41,16 +42,10 @@ def _peak_gib(device: torch.device) -> float:
 
 def csmcir_step(device: torch.device, smoke: bool, steps: int) -> dict:
     if smoke:
-        config = CSMCIRConfig.tiny()
+        config = preset_config("tiny")
         batch, text_length, bank_size = 8, 16, 256
     else:
-        config = CSMCIRConfig(
-            vision_config=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
-                               image_size=224, patch_size=14),
-            qformer_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                cross_attention_frequency=2, vocab_size=30523),
-            num_query_tokens=32, embed_dim=256, freeze_vision=True,
-        )
+        config = preset_config("blip2-vitg", vocab_size=30523, image_size=224, freeze_vision=True)
         batch, text_length, bank_size = 128, 32, 16384
     model = CSMCIRModel(config).to(device)
     model.vision_model.to(torch.bfloat16)  # frozen tower in bf16, Q-Former kept in fp32 (as BLIP-2 does)

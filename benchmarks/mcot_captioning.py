@@ -31,6 +31,7 @@ from modeling_csmcir.captioning import (  # noqa: E402
     load_captioning_pipeline,
     parse_mcot_answer,
 )
+from hub_cards.atomic_files import write_text_atomically  # noqa: E402
 from modeling_csmcir.data.caption_files import make_caption_entry, save_caption_file  # noqa: E402
 
 NUM_IMAGES = 32
@@ -123,9 +124,7 @@ def main() -> None:
     ]
     out = Path(__file__).resolve().parent / "results" / "mcot_captioning.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomically(out, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor, csmcir_contrastive_loss
+from modeling_csmcir import CSMCIRModel, csmcir_contrastive_loss
 from modeling_csmcir.data.cirr import load_cirr
-from modeling_csmcir.cir_metrics import cirr_metrics
-from hub_cards.atomic_files import write_json_atomically
+from modeling_csmcir.evaluation.cir_metrics import cirr_metrics
+from modeling_csmcir.presets import preset_config, preset_processor
+from hub_cards.atomic_files import write_json_atomically, write_text_atomically
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 
@@ -62,22 +63,14 @@ class DifficultyArguments:
 
 
 def _tiny_model(args: DifficultyArguments, vocab_size: int) -> CSMCIRModel:
-    from transformers import Blip2VisionConfig
-
-    vision = Blip2VisionConfig(
-        hidden_size=args.hidden_size, intermediate_size=2 * args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=4, image_size=args.image_size, patch_size=args.patch_size,
-        # Blip2VisionConfig defaults to initializer_range=1e-10 (BLIP-2 always loads pretrained weights): from
-        # scratch that makes every patch embedding ~0 and every image look the same.
-        initializer_range=0.02,
+    # Preset "tiny-scratch" (trained from scratch, so the vision tower learns too) resized to the benchmark's
+    # width/depth, with BERT's Q-Former init std and the benchmark's dropout.
+    config = preset_config(
+        "tiny-scratch", vocab_size=vocab_size, image_size=args.image_size, hidden_size=args.hidden_size,
+        num_layers=args.num_layers, vision_num_attention_heads=4, vision_patch_size=args.patch_size,
+        qformer_num_attention_heads=4, qformer_initializer_range=0.02, qformer_hidden_dropout_prob=args.dropout,
+        qformer_attention_probs_dropout_prob=args.dropout, embed_dim=64, num_query_tokens=8,
     )
-    qformer = dict(
-        vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
-        intermediate_size=2 * args.hidden_size, cross_attention_frequency=1, max_position_embeddings=64,
-        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, initializer_range=0.02,
-    )
-    # Trained from scratch, so the vision tower must learn too (a frozen random ViT is the wrong baseline here).
-    config = CSMCIRConfig.tiny(vision_config=vision, qformer_config=qformer, embed_dim=64, num_query_tokens=8, freeze_vision=False)
     return CSMCIRModel(config)
 
 
@@ -183,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
                 pairs_per_set=args.pairs_per_set, caption_error_rate=args.caption_error_rate,
             )
         )
-    processor = CSMCIRProcessor.tiny(image_size=args.image_size)
+    processor = preset_processor("tiny-scratch", image_size=args.image_size)
     splits = {}
     for split in ("train", "val"):
         data = load_cirr(data_dir, split, target_captions=Path(data_dir) / "target_captions" / f"captions.rc2.{split}.json")
@@ -236,9 +229,7 @@ def _write_markdown(args: DifficultyArguments, report: dict, command: str) -> No
         lines.append(f"| {variant} | {info['train_seconds']:.0f} | {info['first_loss']:.3f} | {info['final_loss']:.3f} |")
     path = Path(args.output_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -144,45 +144,5 @@ class CSMCIRConfig(PretrainedConfig):
     def vision_hidden_size(self) -> int:
         return _vision_hidden_size(self.vision_config)
 
-    @classmethod
-    def tiny(cls, vocab_size: int = 30522, image_size: int = 32, **overrides: Any) -> "CSMCIRConfig":
-        """A CPU-sized configuration for tests and the demo (random init; ~1M parameters with a 30k vocab).
-
-        BLIP-2 ViT with 32-px images in 8-px patches (17 tokens), width 32, 2 layers; a 2-layer Q-Former of
-        width 32 cross-attending every layer; 4 query tokens; 32-d embeddings; weights drawn with std 0.1.
-        """
-        vision = overrides.pop(
-            "vision_config",
-            Blip2VisionConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                image_size=image_size,
-                patch_size=8,
-                # Blip2VisionConfig defaults to 1e-10, which makes a random tower map every image to the same
-                # features; a from-scratch tiny model needs a tower whose outputs depend on the image.
-                initializer_range=0.02,
-            ),
-        )
-        qformer = overrides.pop(
-            "qformer_config",
-            dict(
-                vocab_size=vocab_size,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                cross_attention_frequency=1,
-                max_position_embeddings=64,
-                # BERT's 0.02 leaves a from-scratch 2-layer Q-Former nearly input-independent at init
-                # (every text [CLS] state is the same), and it barely trains; 0.1 trains in tens of steps.
-                initializer_range=0.1,
-            ),
-        )
-        settings = dict(num_query_tokens=4, embed_dim=32, max_text_length=32, initializer_range=0.1)
-        settings.update(overrides)
-        return cls(vision_config=vision, qformer_config=qformer, **settings)
-
 
 __all__ = ["CSMCIRConfig"]

@@ -201,8 +201,8 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
     Example:
 
     ```python
-    >>> model = CSMCIRModel(CSMCIRConfig.tiny())
-    >>> processor = CSMCIRProcessor.tiny()
+    >>> from modeling_csmcir.presets import preset_model
+    >>> model, processor = preset_model("tiny")
     >>> query = processor(images=reference_image, text="make it red", return_tensors="pt")
     >>> target = processor(images=target_image, text="a red square on the left", return_tensors="pt")
     >>> q = model.get_query_features(**query)

