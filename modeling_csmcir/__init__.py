@@ -41,7 +41,8 @@ CSMCIRProcessor.register_for_auto_class("AutoProcessor")
 _LAZY_EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PRESETS", "get_preset", "preset_config", "preset_model", "preset_processor"], ".presets"),
     **dict.fromkeys(["MemoryBank", "memory_bank_loss"], ".memory_bank"),
-    **dict.fromkeys(["CSMCIRTrainer", "CSMCIRTrainingArguments"], ".trainer_csmcir"),
+    "CSMCIRTrainer": ".trainer_csmcir",
+    "CSMCIRTrainingArguments": ".training_args",
     **dict.fromkeys(["CIRCollator", "CIRGalleryCollator"], ".data.collators"),
     **dict.fromkeys(["load_cir_dataset"], ".data.loading"),
     "load_cirr": ".data.cirr",

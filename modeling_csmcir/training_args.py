@@ -1,0 +1,85 @@
+"""`CSMCIRTrainingArguments`: `TrainingArguments` plus the memory bank's settings.
+
+Kept apart from the trainer so a command line can be parsed (and ``--help`` answered) without importing
+`transformers.Trainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from .memory_bank import BANK_STRATEGIES, MemoryBank, check_bank_settings
+
+
+@dataclass
+class CSMCIRTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the memory bank's settings (see `MemoryBank` for the formulas)."""
+
+    bank_strategy: str = field(
+        default="entropy",
+        metadata={"help": "Memory bank strategy: none, fifo (every entry), hard (top k_max), entropy (per-query k).",
+                  "choices": list(BANK_STRATEGIES)},
+    )
+    bank_size: int = field(default=4096, metadata={"help": "Number of target embeddings the bank holds."})
+    bank_k_min: int = field(default=16, metadata={"help": "Fewest bank negatives per query (entropy strategy)."})
+    bank_k_max: int = field(default=256, metadata={"help": "Most bank negatives per query (entropy and hard)."})
+    bank_age_decay: float = field(
+        default=500.0, metadata={"help": "Age down-weighting: log w = -age / bank_age_decay (steps); <= 0 disables."}
+    )
+    bank_max_age: int = field(default=1000, metadata={"help": "Evict entries older than this many steps; < 0 never."})
+    bank_start_step: int = field(default=0, metadata={"help": "First optimiser step at which the bank serves negatives."})
+    bank_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight w of every served bank negative in the InfoNCE denominator (log w added to its logit); "
+                          "w < 1 keeps a large bank from outweighing the in-batch terms in fast from-scratch training."},
+    )
+    bank_refresh_every: int = field(
+        default=0, metadata={"help": "Re-encode the oldest bank entries with the current model every N steps; 0 = off."}
+    )
+    bank_refresh_size: int = field(default=256, metadata={"help": "How many of the oldest entries each refresh re-encodes."})
+    freeze_temperature: bool = field(
+        default=False,
+        metadata={"help": "Keep the InfoNCE temperature fixed. Adam moves the raw temperature by about the learning "
+                          "rate every step, so at from-scratch rates (1e-3) it collapses to its clamp within tens of "
+                          "steps, fastest with bank negatives; freeze it there (BLIP-2 fine-tuning rates are fine)."},
+    )
+    # The CIR collators build model inputs from raw image/text columns that `forward` does not take; the
+    # Trainer's default (True) would drop them before the collator sees them.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Drop dataset columns forward() does not take (off: the collator needs them)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The bank's own validation, run at parse time so a bad flag fails before any data is loaded.
+        check_bank_settings(self.bank_size, 1, self.bank_strategy, self.bank_k_min, self.bank_k_max,
+                            self._bank_max_age(), self.bank_weight)
+        if self.bank_refresh_every < 0 or self.bank_refresh_size < 0:
+            raise ValueError(
+                f"bank_refresh_every and bank_refresh_size must be >= 0, got {self.bank_refresh_every} and "
+                f"{self.bank_refresh_size}"
+            )
+
+    def _bank_max_age(self) -> int | None:
+        return self.bank_max_age if self.bank_max_age >= 0 else None
+
+    def build_memory_bank(self, dim: int, device: torch.device | str | None = None) -> MemoryBank:
+        """The `MemoryBank` these arguments describe, for embeddings of size `dim`."""
+        return MemoryBank(
+            capacity=self.bank_size,
+            dim=dim,
+            strategy=self.bank_strategy,
+            k_min=self.bank_k_min,
+            k_max=self.bank_k_max,
+            age_decay=self.bank_age_decay if self.bank_age_decay > 0 else None,
+            max_age=self._bank_max_age(),
+            start_step=self.bank_start_step,
+            device=device,
+            weight=self.bank_weight,
+        )
+
+
+__all__ = ["CSMCIRTrainingArguments"]
