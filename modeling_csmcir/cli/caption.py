@@ -15,11 +15,12 @@ reason in ``<output_file>.skipped.json`` (when there are any). The model is load
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
+
+from hub_cards.console import console_entry_point
 
 from ..captioning import (
     CaptioningReport,
@@ -152,12 +153,7 @@ def main(argv: list[str] | None = None) -> CaptioningReport:
     return report
 
 
-def console_main() -> None:
-    """Entry point of the ``csmcir-caption`` console script: exit 0 on success, a one-line error otherwise."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"csmcir-caption: error: {error}")
+console_main = console_entry_point(main, "csmcir-caption")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser
+
+from hub_cards.console import console_entry_point
 
 from ..conversion.lavis import LavisConversionReport, convert_lavis_to_folder
 
@@ -81,12 +82,7 @@ def main(argv: list[str] | None = None) -> LavisConversionReport:
     return report
 
 
-def console_main() -> None:
-    """Entry point of the ``csmcir-convert`` console script: exit 0 on success, a one-line error otherwise."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"csmcir-convert: error: {error}")
+console_main = console_entry_point(main, "csmcir-convert")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ is :func:`~modeling_csmcir.data.synthetic.generate_synthetic_cir`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from transformers import HfArgumentParser
+
+from hub_cards.console import console_entry_point
 
 from ..data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
@@ -24,12 +25,7 @@ def main(argv: list[str] | None = None) -> Path:
     return generate_synthetic_cir(config)
 
 
-def console_main() -> None:
-    """Entry point of the ``csmcir-synth`` console script: exit 0 on success, a one-line error otherwise."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"csmcir-synth: error: {error}")
+console_main = console_entry_point(main, "csmcir-synth")
 
 
 if __name__ == "__main__":
