@@ -42,6 +42,9 @@ from modeling_csmcir.cached_training import (
 from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_notes import previous_notes  # noqa: E402
+
 
 logger = logging.get_logger(__name__)
 
@@ -298,18 +301,9 @@ def _write_markdown(args: AblationArguments, report: dict, path: Path) -> None:
             for v in names:
                 cells += [_fmt(eff[v]["mean_curve"]["recall_at_1"][i]), _fmt(eff[v]["mean_curve"]["recall_at_5"][i])]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    lines += ["", "## Notes", "", _previous_notes(path), ""]
+    lines += ["", "## Notes", "", previous_notes(path), ""]
     write_text_atomically(path, "\n".join(lines))
     print("\n".join(lines))
-
-
-def _previous_notes(path: Path) -> str:
-    """The hand-written interpretation under "## Notes" of an existing table, kept when the numbers are rebuilt."""
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if "\n## Notes\n" in text:
-            return text.split("\n## Notes\n", 1)[1].strip()
-    return "(interpretation to be written after reading the numbers)"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_notes import previous_notes  # noqa: E402
+
 
 logger = logging.get_logger(__name__)
 
@@ -175,19 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     if lead:
         lines += ["", "Lead baseline (first N characters of the product text): " +
                   ", ".join(f"{k} {float(v):.1f}" for k, v in lead.items())]
-    lines += ["", "## Notes", "", _previous_notes(out / "ablation_mmaps.md"), ""]
+    lines += ["", "## Notes", "", previous_notes(out / "ablation_mmaps.md"), ""]
     write_text_atomically(out / "ablation_mmaps.md", "\n".join(lines))
     print("\n".join(lines))
     return report
-
-
-def _previous_notes(path: Path) -> str:
-    """The hand-written interpretation under "## Notes" of an existing table, kept when the numbers are rebuilt."""
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if "\n## Notes\n" in text:
-            return text.split("\n## Notes\n", 1)[1].strip()
-    return "(interpretation to be written after reading the numbers)"
 
 
 if __name__ == "__main__":
