@@ -11,7 +11,7 @@ import pytest
 import torch
 
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor
+from modeling_csmcir import CSMCIRModel
 from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.data.collators import CIRCollator
 from modeling_csmcir.trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments

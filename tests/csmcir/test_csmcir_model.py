@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import Blip2Config, Blip2ForImageTextRetrieval, CLIPVisionConfig
-from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
+from transformers import Blip2ForImageTextRetrieval, CLIPVisionConfig
+from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
 
 from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor, csmcir_contrastive_loss
 from modeling_csmcir.presets import preset_config, preset_processor
+from fixtures import random_images, tiny_blip2_config
 from tests.hub_isolation import run_isolated
 
 
@@ -26,19 +27,12 @@ def model(processor) -> CSMCIRModel:
     return CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer))).eval()
 
 
-def _images(n: int, seed: int = 0) -> list[Image.Image]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).to(torch.uint8).numpy()) for _ in range(n)
-    ]
-
-
 TEXTS = ["make it red", "add a small blue circle on the left", "remove the triangle", "move the square up"]
 
 
 @pytest.fixture(scope="module")
 def batch(processor):
-    return processor(images=_images(4), text=TEXTS)
+    return processor(images=random_images(4), text=TEXTS)
 
 
 def test_save_load_round_trip_gives_identical_features(model, processor, batch, tmp_path):
@@ -62,7 +56,7 @@ def test_saved_folder_loads_with_remote_code_in_a_process_that_cannot_import_the
     with torch.no_grad():
         expected_query = model.get_query_features(**batch)
         expected_target = model.get_target_features(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-    images = _images(4)
+    images = random_images(4)
     for index, image in enumerate(images):
         image.save(tmp_path / f"{index}.png")
     result = run_isolated(
@@ -91,34 +85,9 @@ def test_saved_folder_loads_with_remote_code_in_a_process_that_cannot_import_the
     assert torch.allclose(torch.tensor(result["target"]), expected_target, atol=1e-6)
 
 
-def _tiny_blip2_config() -> Blip2Config:
-    vision = Blip2VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    qformer = Blip2QFormerConfig(
-        vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        encoder_hidden_size=32,
-        cross_attention_frequency=1,
-        use_qformer_text_input=True,
-        max_position_embeddings=64,
-    )
-    return Blip2Config(
-        vision_config=vision.to_dict(),
-        qformer_config=qformer.to_dict(),
-        text_config={"model_type": "opt", "vocab_size": 100, "hidden_size": 16, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "ffn_dim": 32, "word_embed_proj_dim": 16},
-        num_query_tokens=4,
-        image_text_hidden_size=24,
-    )
-
-
 def test_from_blip2_pretrained_matches_transformers_blip2_joint_pass_and_image_itc(tmp_path):
     torch.manual_seed(1)
-    peer = Blip2ForImageTextRetrieval(_tiny_blip2_config()).eval()
+    peer = Blip2ForImageTextRetrieval(tiny_blip2_config()).eval()
     with torch.no_grad():
         peer.query_tokens.normal_(0, 0.5)  # zeros by default: make the parity check sensitive to them
     peer.save_pretrained(tmp_path)
@@ -254,7 +223,7 @@ def test_frozen_vision_gets_no_gradients_and_training_overfits_one_batch(process
     torch.manual_seed(0)
     model = CSMCIRModel(preset_config("tiny", vocab_size=len(processor.tokenizer))).train()
     assert not model.vision_model.training  # a frozen tower stays in eval mode
-    targets = processor(images=_images(4, seed=1), text=["a red one", "a blue circle", "no triangle", "a square up"])
+    targets = processor(images=random_images(4, seed=1), text=["a red one", "a blue circle", "no triangle", "a square up"])
     inputs = dict(batch, target_pixel_values=targets["pixel_values"], target_input_ids=targets["input_ids"],
                   target_attention_mask=targets["attention_mask"])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel
+from modeling_csmcir import CSMCIRModel
 from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.modeling_csmcir import csmcir_contrastive_loss
 from modeling_csmcir.trainer_csmcir import MEMORY_BANK_NAME, CSMCIRTrainer, CSMCIRTrainingArguments
@@ -349,7 +349,6 @@ def test_short_training_improves_held_out_recall_for_each_strategy(strategy, tmp
 @pytest.fixture(scope="module")
 def synthetic_benchmark(tmp_path_factory):
     """A small, easy setting of `csmcir-synth` (2x2 grid, 1-2 objects, exact captions), pre-collated once."""
-    from modeling_csmcir import CSMCIRProcessor
     from modeling_csmcir.data.collators import CIRCollator
     from modeling_csmcir.data.cirr import load_cirr
     from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir

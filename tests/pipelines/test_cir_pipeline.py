@@ -9,30 +9,16 @@ import threading
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModel, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from modeling_csmcir import CSMCIRConfig, CSMCIRModel, CSMCIRProcessor
+from modeling_csmcir import CSMCIRModel, CSMCIRProcessor
 from modeling_csmcir.presets import preset_config, preset_processor
 from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, ComposedImageRetrievalPipeline
+from fixtures import random_images
 from tests.hub_isolation import run_isolated
 
 TEXTS = ["make it red", "add a blue circle on the left", "remove the stripes", "make the square bigger", "darker"]
-
-
-def _images(count: int, seed: int) -> list[Image.Image]:
-    """Distinct synthetic images: a random background with a coloured square of random size and place."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(count):
-        array = np.empty((32, 32, 3), dtype=np.uint8)
-        array[:] = rng.integers(0, 256, size=3, dtype=np.uint8)
-        size = int(rng.integers(6, 20))
-        top, left = (int(v) for v in rng.integers(0, 32 - size, size=2))
-        array[top : top + size, left : left + size] = rng.integers(0, 256, size=3, dtype=np.uint8)
-        images.append(Image.fromarray(array))
-    return images
 
 
 def _save_tiny_model(directory, seed: int, **config_overrides) -> None:
@@ -56,8 +42,8 @@ def retriever(model_dir):
 
 
 @pytest.fixture(scope="module")
-def gallery_images():
-    return _images(12, seed=1)
+def galleryrandom_images():
+    return random_images(12, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +65,8 @@ def gallery(retriever, gallery_images, gallery_captions):
 
 
 @pytest.fixture(scope="module")
-def query_images():
-    return _images(len(TEXTS), seed=2)
+def queryrandom_images():
+    return random_images(len(TEXTS), seed=2)
 
 
 def _ids(hits):
