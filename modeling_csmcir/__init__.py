@@ -20,14 +20,12 @@ Layout (each file one job; sub-packages import the Hub files and each other, nev
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_csmcir import CSMCIRConfig
 from .modeling_csmcir import CSMCIRModel, CSMCIROutput, CSMCIRPreTrainedModel, csmcir_contrastive_loss
 from .processing_csmcir import CSMCIRProcessor
+from .lazy_exports import lazy_exports
 
 AutoConfig.register("csmcir", CSMCIRConfig, exist_ok=True)
 AutoModel.register(CSMCIRConfig, CSMCIRModel, exist_ok=True)
@@ -69,15 +67,4 @@ _LAZY_EXPORTS: dict[str, str] = {
 __all__ = ["CSMCIRConfig", "CSMCIRModel", "CSMCIROutput", "CSMCIRPreTrainedModel", "CSMCIRProcessor",
            "csmcir_contrastive_loss", *_LAZY_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY_EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_EXPORTS)

@@ -13,14 +13,12 @@ the generate-then-score evaluator), `cli/` (`mmaps-train`, `mmaps-eval`, `mmaps-
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
 
 from .configuration_mmaps import MMAPSConfig
 from .modeling_mmaps import MMAPSEncoderOutput, MMAPSForConditionalGeneration, MMAPSModel, MMAPSSeq2SeqLMOutput
 from .processing_mmaps import MMAPSProcessor
+from .lazy_exports import lazy_exports
 
 AutoConfig.register("mmaps", MMAPSConfig, exist_ok=True)
 AutoModelForSeq2SeqLM.register(MMAPSConfig, MMAPSForConditionalGeneration, exist_ok=True)
@@ -32,7 +30,8 @@ MMAPSProcessor.register_for_auto_class("AutoProcessor")
 # Public name -> the module that defines it, imported on first access (PEP 562).
 _LAZY_EXPORTS: dict[str, str] = {
     **dict.fromkeys(["PRESETS", "get_preset", "preset_config", "preset_model", "preset_processor"], ".presets"),
-    **dict.fromkeys(["MMAPSTrainer", "MMAPSTrainingArguments"], ".trainer_mmaps"),
+    "MMAPSTrainer": ".trainer_mmaps",
+    "MMAPSTrainingArguments": ".training_args",
     **dict.fromkeys(["MMAPSDataCollator", "RegionFeatureReader", "load_cepsum", "load_cepsum_split"], ".data.cepsum"),
     **dict.fromkeys(["attribute_labels", "build_attribute_vocabulary", "find_attributes", "load_attribute_vocabulary",
                      "merge_attribute_vocabularies", "save_attribute_vocabulary"], ".data.attributes"),
@@ -45,15 +44,4 @@ _LAZY_EXPORTS: dict[str, str] = {
 __all__ = ["MMAPSConfig", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel", "MMAPSProcessor",
            "MMAPSSeq2SeqLMOutput", *_LAZY_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY_EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_EXPORTS)

@@ -17,49 +17,23 @@ What it adds to ``Seq2SeqTrainer`` (each override says why):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainer
 from transformers.utils import logging
 
 from hub_cards.trainer_cards import HubCardTrainerMixin
 
 from .evaluation.summarization_metrics import PROTOCOLS, build_compute_metrics
+from .training_args import MMAPSTrainingArguments
 
 logger = logging.get_logger(__name__)
 
 TASK_LOSS_NAMES = ("summary_loss", "attribute_loss", "alignment_loss", "contrastive_loss", "region_loss")
 # Inputs the model uses for its losses only; `generate` must not see them.
 TRAINING_ONLY_INPUTS = ("labels", "attribute_labels", "visual_class_probs", "decoder_input_ids", "decoder_attention_mask")
-
-
-@dataclass
-class MMAPSTrainingArguments(Seq2SeqTrainingArguments):
-    """``Seq2SeqTrainingArguments`` with MMAPS's defaults.
-
-    Changed defaults: ``predict_with_generate=True``, ``metric_for_best_model="rouge2"`` (model selection on
-    dev ROUGE-2, as the paper), ``generation_num_beams=3``, ``generation_max_length=90`` (the paper's
-    decoding), ``remove_unused_columns=False`` (the collator needs the raw text and image columns).
-    New: ``summary_language`` (``zh`` scores with the CEPSUM protocol, ``en`` with standard ROUGE).
-    """
-
-    predict_with_generate: bool = field(default=True, metadata={"help": "Generate summaries during evaluation."})
-    metric_for_best_model: str | None = field(default="rouge2", metadata={"help": "Checkpoint selection metric."})
-    generation_num_beams: int | None = field(default=3, metadata={"help": "Beams for evaluation decoding."})
-    generation_max_length: int | None = field(default=90, metadata={"help": "Most tokens generated at evaluation."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the collator."})
-    summary_language: str = field(default="zh", metadata={"help": "zh: CEPSUM character ROUGE; en: rouge_score."})
-
-    def __post_init__(self) -> None:
-        if self.summary_language not in ("zh", "en"):
-            raise ValueError(f"summary_language: expected 'zh' or 'en', got {self.summary_language!r}")
-        if not self.predict_with_generate and self.metric_for_best_model == "rouge2":
-            # ROUGE needs generated summaries; without them the Trainer would fail at the first evaluation.
-            self.metric_for_best_model = None
-        super().__post_init__()
 
 
 # HubCardTrainerMixin (hub_cards): every saved output and push_to_hub get this package's model card.
@@ -176,3 +150,6 @@ class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer):
         # Overridden for the same reason as `evaluate`.
         self._metrics_for(test_dataset)
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
+
+
+__all__ = ["MMAPSTrainer", "MMAPSTrainingArguments", "TASK_LOSS_NAMES", "TRAINING_ONLY_INPUTS"]

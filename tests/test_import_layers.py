@@ -149,3 +149,23 @@ def test_importing_a_model_package_registers_it_and_loads_nothing_heavy(package)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_console_script_help_imports_no_data_trainer_or_pipeline_stack():
+    # `--help` must answer at the cost of importing the package (the Hub files), not of datasets or the Trainer:
+    # every script's --help runs in one fresh process, and nothing heavy may be loaded afterwards.
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    modules = sorted({target.partition(":")[0] for target in scripts.values()})
+    code = (
+        "import contextlib, importlib, io, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    module = importlib.import_module(name)\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        module.main(['--help'])\n"
+        "print(json.dumps([m for m in ('datasets', 'transformers.trainer', 'pipelines') if m in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -7,25 +7,20 @@ answer), ``image_sources`` (a folder, a CIRR-layout split, a ``datasets`` folder
 batched run). The caption file format itself lives in ``data.caption_files``.
 """
 
-from .answer_parsing import parse_mcot_answer
-from .image_sources import ImageRecord, images_from_cirr_split, images_from_directory, images_from_saved_dataset
-from .prompts import MCoTPrompt, available_mcot_prompts, build_mcot_messages, load_mcot_prompt
-from .runner import CaptionCache, CaptioningReport, generate_mcot_captions
-from .vlm import check_captioning_processor, load_captioning_pipeline
+from __future__ import annotations
 
-__all__ = [
-    "CaptionCache",
-    "CaptioningReport",
-    "ImageRecord",
-    "MCoTPrompt",
-    "available_mcot_prompts",
-    "build_mcot_messages",
-    "check_captioning_processor",
-    "generate_mcot_captions",
-    "images_from_cirr_split",
-    "images_from_directory",
-    "images_from_saved_dataset",
-    "load_captioning_pipeline",
-    "load_mcot_prompt",
-    "parse_mcot_answer",
-]
+from ..lazy_exports import lazy_exports
+
+# Public name -> the module that defines it, imported on first access.
+_EXPORTS: dict[str, str] = {
+    "parse_mcot_answer": ".answer_parsing",
+    **dict.fromkeys([
+        "ImageRecord", "images_from_cirr_split", "images_from_directory", "images_from_saved_dataset",
+    ], ".image_sources"),
+    **dict.fromkeys(["MCoTPrompt", "available_mcot_prompts", "build_mcot_messages", "load_mcot_prompt"], ".prompts"),
+    **dict.fromkeys(["CaptionCache", "CaptioningReport", "generate_mcot_captions"], ".runner"),
+    **dict.fromkeys(["check_captioning_processor", "load_captioning_pipeline"], ".vlm"),
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,23 +17,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import HfArgumentParser
 
 from hub_cards.console import console_entry_point
 
-from ..captioning import (
-    CaptioningReport,
-    ImageRecord,
-    generate_mcot_captions,
-    images_from_cirr_split,
-    images_from_directory,
-    images_from_saved_dataset,
-    load_captioning_pipeline,
-    load_mcot_prompt,
-)
-from ..data.caption_files import save_caption_file
-from ..data.cirr import is_cirr_layout
+if TYPE_CHECKING:
+    from ..captioning.image_sources import ImageRecord
+    from ..captioning.runner import CaptioningReport
+
+# Parsing (and --help) needs only the dataclasses below; the readers, the VLM pipeline and the runner are imported
+# when a run starts.
 
 
 @dataclass
@@ -87,6 +82,9 @@ class CaptioningArguments:
 
 
 def collect_images(data_args: DataArguments) -> list[ImageRecord]:
+    from ..captioning.image_sources import images_from_cirr_split, images_from_directory, images_from_saved_dataset
+    from ..data.cirr import is_cirr_layout
+
     """The images the arguments point at, in a fixed order (``--limit`` applied)."""
     if data_args.image_dir is not None:
         images = images_from_directory(data_args.image_dir, keep_extension=data_args.keep_extension)
@@ -112,6 +110,11 @@ def main(argv: list[str] | None = None) -> CaptioningReport:
     """Parse ``argv`` (default: the command line), caption, and return the run's report (also printed as JSON)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, CaptioningArguments))
     model_args, data_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    from ..captioning.prompts import load_mcot_prompt
+    from ..captioning.runner import generate_mcot_captions
+    from ..captioning.vlm import load_captioning_pipeline
+    from ..data.caption_files import save_caption_file
+
     prompt = load_mcot_prompt(run_args.prompt)
     images = collect_images(data_args)
     # Checks the model (chat template, image support) before any image is touched.

@@ -18,23 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor, HfArgumentParser
+from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hub_cards.console import console_entry_point
-from hub_cards.metrics_report import write_metrics_report
 
-from ..data.fashioniq import FASHIONIQ_CATEGORIES
-from ..data.loading import BENCHMARKS, load_cir_dataset
-from ..evaluation.cir_metrics import fashioniq_average
-from ..evaluation.evaluator import GalleryIndexCache, evaluate_cir
+from ..data.layouts import BENCHMARKS, FASHIONIQ_CATEGORIES
 from ..modeling_csmcir import CSMCIRModel
-from ..evaluation.submissions import (
-    build_circo_submission,
-    build_cirr_submissions,
-    write_circo_submission,
-    write_cirr_submissions,
-)
+
+# Parsing (and --help) needs only the dataclasses below; data and evaluation are imported when a run starts.
 
 
 logger = logging.get_logger(__name__)
@@ -75,6 +67,8 @@ class DataArguments:
 
 def load_model_and_processor(args: ModelArguments) -> tuple[torch.nn.Module, Any]:
     """The saved model (``AutoModel``, in eval mode on ``--device``) and its processor (``AutoProcessor``)."""
+    from transformers import AutoModel, AutoProcessor
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     remote = dict(trust_remote_code=args.trust_remote_code)
     model = AutoModel.from_pretrained(args.model_name_or_path, **remote)
@@ -87,6 +81,18 @@ def load_model_and_processor(args: ModelArguments) -> tuple[torch.nn.Module, Any
 def run_evaluation(model_args: ModelArguments, args: DataArguments, model: torch.nn.Module,
                    processor: Any) -> dict[str, Any]:
     """Evaluate and write outputs; returns the report (``metrics`` as the protocol functions give them)."""
+    from hub_cards.metrics_report import write_metrics_report
+
+    from ..data.loading import load_cir_dataset
+    from ..evaluation.cir_metrics import fashioniq_average
+    from ..evaluation.evaluator import GalleryIndexCache, evaluate_cir
+    from ..evaluation.submissions import (
+        build_circo_submission,
+        build_cirr_submissions,
+        write_circo_submission,
+        write_cirr_submissions,
+    )
+
     output_dir = Path(args.output_dir)
     cache = GalleryIndexCache(args.cache_dir)
     report: dict[str, Any] = {"dataset": args.dataset, "split": args.split, "model": model_args.model_name_or_path}

@@ -19,20 +19,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModel, AutoProcessor, HfArgumentParser
+from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from hub_cards.checkpoints import resolve_resume_checkpoint
 from hub_cards.console import console_entry_point
-from hub_cards.metrics_report import write_metrics_report
 
-from ..data.collators import CIRCollator, CIRGalleryCollator
-from ..data.loading import BENCHMARKS, load_cir_dataset
-from ..data.training_inputs import GalleryTargetLookup, ReferenceIdCollator
-from ..evaluation.evaluator import CIRRetrievalEvaluator
+from ..data.layouts import BENCHMARKS
 from ..modeling_csmcir import CSMCIRModel
 from ..presets import PRESETS, preset_config, preset_processor
-from ..trainer_csmcir import CSMCIRTrainer, CSMCIRTrainingArguments
+from ..training_args import CSMCIRTrainingArguments
+
+# Parsing (and --help) needs only the dataclasses above; data, evaluation and the Trainer are imported when a run
+# starts, so `csmcir-train --help` costs little more than importing transformers.
 
 logger = logging.get_logger(__name__)
 
@@ -104,6 +102,8 @@ def caption_file_for(data_args: DataArguments, split: str) -> str | None:
 
 def load_model_and_processor(model_args: ModelArguments) -> tuple[CSMCIRModel, Any]:
     """The model to train and its processor (a preset, a CSMCIR folder or Hub id, or a BLIP-2 checkpoint)."""
+    from transformers import AutoModel, AutoProcessor
+
     if model_args.config_name is not None:
         processor = (
             AutoProcessor.from_pretrained(model_args.processor_name_or_path)
@@ -137,6 +137,15 @@ def load_model_and_processor(model_args: ModelArguments) -> tuple[CSMCIRModel, A
 def run_training(model_args: ModelArguments, data_args: DataArguments,
                  training_args: CSMCIRTrainingArguments) -> dict[str, Any]:
     """Train, save the model and processor to `output_dir`, and return (and write) the retrieval metrics."""
+    from hub_cards.checkpoints import resolve_resume_checkpoint
+    from hub_cards.metrics_report import write_metrics_report
+
+    from ..data.collators import CIRCollator, CIRGalleryCollator
+    from ..data.loading import load_cir_dataset
+    from ..data.training_inputs import GalleryTargetLookup, ReferenceIdCollator
+    from ..evaluation.evaluator import CIRRetrievalEvaluator
+    from ..trainer_csmcir import CSMCIRTrainer
+
     model, processor = load_model_and_processor(model_args)
     use_captions = data_args.use_target_captions
     if use_captions is None:

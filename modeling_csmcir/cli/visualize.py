@@ -22,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoProcessor, HfArgumentParser
+from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hub_cards.console import console_entry_point
 
-from ..cached_training import CachedCIRSplit, CachedRunSettings, quiet_transformers, train_cached
-from ..data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
-from ..evaluation.symmetry import plot_symmetry_tsne
 from ..modeling_csmcir import CSMCIRModel
 from ..presets import preset_config, preset_processor
+
+# Parsing (and --help) needs only the dataclasses below; training and plotting are imported when a run starts.
 
 
 logger = logging.get_logger(__name__)
@@ -61,7 +60,11 @@ class DataArguments:
 
 
 def _load_or_train(path: str | None, use_captions: bool, model_args: ModelArguments, data_args: DataArguments,
-                   train: CachedCIRSplit | None, processor) -> CSMCIRModel:
+                   train, processor) -> CSMCIRModel:
+    from transformers import AutoModel
+
+    from ..cached_training import CachedRunSettings, train_cached
+
     if path is not None:
         if not (Path(path) / "config.json").is_file():
             raise ValueError(f"{path}: not a saved CSMCIR model folder (no config.json)")
@@ -79,6 +82,12 @@ def _load_or_train(path: str | None, use_captions: bool, model_args: ModelArgume
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Run ``csmcir-visualize`` on ``argv``: draw and write the PNG; returns the per-model symmetry statistics."""
     model_args, data_args = HfArgumentParser((ModelArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    from transformers import AutoProcessor
+
+    from ..cached_training import CachedCIRSplit, quiet_transformers
+    from ..data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
+    from ..evaluation.symmetry import plot_symmetry_tsne
+
     torch.set_num_threads(data_args.threads)
     quiet_transformers()
     if not (Path(data_args.data_dir) / "metadata.json").is_file():

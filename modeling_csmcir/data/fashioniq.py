@@ -18,9 +18,9 @@ from datasets import DatasetDict, Sequence as SequenceFeature, Value
 
 from .paths import check_choice, check_images_exist, find_image_file, read_json, require_keys
 from .schema import TargetCaptions, build_cir_dataset, query_row
+from .layouts import FASHIONIQ_CATEGORIES
 
 
-FASHIONIQ_CATEGORIES: tuple[str, ...] = ("dress", "shirt", "toptee")
 FASHIONIQ_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 

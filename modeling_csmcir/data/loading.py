@@ -13,13 +13,11 @@ from datasets import DatasetDict
 
 from .circo import load_circo
 from .cirr import load_cirr
-from .fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
+from .fashioniq import load_fashioniq
+from .layouts import BENCHMARKS, FASHIONIQ_CATEGORIES
 from .paths import check_choice
 from .schema import TargetCaptions
 from .shoes import load_shoes
-
-
-BENCHMARKS: tuple[str, ...] = ("fashioniq", "cirr", "circo", "shoes")
 
 
 def load_cir_dataset(

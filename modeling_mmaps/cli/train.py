@@ -24,18 +24,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import AutoModelForSeq2SeqLM, AutoProcessor, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
-from hub_cards.atomic_files import write_json_atomically
-from hub_cards.checkpoints import resolve_resume_checkpoint
 from hub_cards.console import console_entry_point
-from hub_cards.metrics_report import write_metrics_report
 
-from ..data.attributes import build_attribute_vocabulary, check_vocabulary_matches_model, merge_attribute_vocabularies
-from ..data.cepsum import MMAPSDataCollator, load_cepsum_split
 from ..presets import PRESETS, character_vocabulary, preset_model
-from ..trainer_mmaps import MMAPSTrainer, MMAPSTrainingArguments
+from ..training_args import MMAPSTrainingArguments
+
+# Parsing (and --help) needs only the dataclasses below; data, metrics and the Trainer are imported when a run
+# starts, so `mmaps-train --help` costs little more than importing transformers.
 
 logger = logging.get_logger(__name__)
 
@@ -95,6 +93,8 @@ def _load_model(model_args: ModelArguments, data_args: DataArguments, train_data
             attribute_vocabulary=attribute_vocabulary,
         )
         return model, processor
+    from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+
     model = AutoModelForSeq2SeqLM.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if not getattr(processor, "attribute_vocabulary", None):
@@ -106,6 +106,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse the flags, train, evaluate on the dev split, save; returns the eval metrics."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MMAPSTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    from hub_cards.atomic_files import write_json_atomically
+    from hub_cards.checkpoints import resolve_resume_checkpoint
+    from hub_cards.metrics_report import write_metrics_report
+
+    from ..data.attributes import (
+        build_attribute_vocabulary,
+        check_vocabulary_matches_model,
+        merge_attribute_vocabularies,
+    )
+    from ..data.cepsum import MMAPSDataCollator, load_cepsum_split
+    from ..trainer_mmaps import MMAPSTrainer
+
     if model_args.visual_input not in ("images", "regions", "none"):
         raise ValueError(f"visual_input: expected images, regions or none, got {model_args.visual_input!r}")
     set_seed(training_args.seed)

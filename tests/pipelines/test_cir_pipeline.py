@@ -42,7 +42,7 @@ def retriever(model_dir):
 
 
 @pytest.fixture(scope="module")
-def galleryrandom_images():
+def gallery_images():
     return random_images(12, seed=1)
 
 
@@ -65,7 +65,7 @@ def gallery(retriever, gallery_images, gallery_captions):
 
 
 @pytest.fixture(scope="module")
-def queryrandom_images():
+def query_images():
     return random_images(len(TEXTS), seed=2)
 
 
