@@ -36,6 +36,7 @@ from modeling_csmcir.data.cirr import load_cirr
 from modeling_csmcir.evaluation.cir_metrics import cirr_metrics
 from modeling_csmcir.presets import preset_config, preset_processor
 from hub_cards.atomic_files import write_json_atomically, write_text_atomically
+from pipelines.gallery_index import encode_targets
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
 
 
@@ -141,12 +142,15 @@ def _evaluate(model: CSMCIRModel, split: _Split, use_captions: bool) -> dict[str
     def batched(fn, n):
         return torch.cat([fn(slice(i, i + bs)) for i in range(0, n, bs)])
 
-    gallery = batched(
-        lambda s: model.get_target_features(
-            split.pixels[s], split.caption_ids[s] if use_captions else None, split.caption_mask[s] if use_captions else None
-        ),
-        len(split.gallery_ids),
-    )
+    def target_batches():
+        for start in range(0, len(split.gallery_ids), bs):
+            rows = slice(start, start + bs)
+            batch = {"pixel_values": split.pixels[rows]}
+            if use_captions:
+                batch.update(input_ids=split.caption_ids[rows], attention_mask=split.caption_mask[rows])
+            yield batch
+
+    gallery = encode_targets(model, target_batches(), total=len(split.gallery_ids), show_progress=False)
     composed = batched(lambda s: model.get_query_features(split.pixels[split.ref[s]], split.text_ids[s], split.text_mask[s]), len(split.ref))
     image_only = gallery[split.ref]
     blank = torch.zeros_like(split.pixels[:1])  # mean colour after normalisation: an uninformative image

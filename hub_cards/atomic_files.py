@@ -19,19 +19,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomically", "write_text_atomically"]
+__all__ = ["atomic_directory", "atomic_path", "write_json_atomically", "write_text_atomically"]
 
 
-def _default_file_mode() -> int:
+def _current_umask() -> int:
     # The umask can only be read by setting it; set it straight back.
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_file_mode() -> int:
+    return 0o666 & ~_current_umask()
 
 
 @contextlib.contextmanager
@@ -54,6 +59,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; on success it takes ``path``'s place, on error it is removed.
+
+    For outputs that are whole folders (a converted model, a generated dataset): the caller writes everything into
+    the staging folder, then an existing ``path`` is renamed aside, the staging folder renamed onto ``path`` and the
+    old one deleted, so a reader finds the complete old or the complete new folder, never a mix. ``path`` is
+    resolved first, so ``"."`` stages in the real parent folder rather than inside the folder it replaces.
+    """
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".staging"))
+    os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp's folders are 0700; a saved model is read by others
+    try:
+        yield staging
+        if path.exists() or path.is_symlink():
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.rmdir(aside)
+            os.replace(path, aside)
+            os.replace(staging, path)
+            shutil.rmtree(aside) if aside.is_dir() and not aside.is_symlink() else aside.unlink()
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

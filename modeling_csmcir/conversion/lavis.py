@@ -25,8 +25,6 @@ import math
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,7 +33,7 @@ import torch
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.utils import logging
 
-from hub_cards.atomic_files import write_json_atomically
+from hub_cards.atomic_files import atomic_directory, write_json_atomically
 
 from ..configuration_csmcir import CSMCIRConfig
 from ..modeling_csmcir import CSMCIRModel
@@ -476,19 +474,11 @@ def convert_lavis_to_folder(
     processor = build_processor(model.config, tokenizer_name_or_path)
     summary = {"checkpoint": os.path.abspath(checkpoint), **report.to_dict()}
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A whole folder, which hub_cards.atomic_files (one file at a time) does not cover: staged and renamed here.
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    # The whole folder is staged and swapped in at once: an interrupted run leaves the old folder (or nothing).
+    with atomic_directory(output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         write_json_atomically(staging / "conversion_report.json", summary, indent=2)
-        if output_dir.exists():
-            shutil.rmtree(output_dir) if output_dir.is_dir() else output_dir.unlink()
-        os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from transformers.utils import logging
+
+from hub_cards.atomic_files import atomic_directory
 
 logger = logging.get_logger(__name__)
 
@@ -338,21 +338,12 @@ def generate_synthetic_products(
     output_dir = os.path.abspath(os.fspath(output_dir))
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ValueError(f"output_dir {output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".mmaps-synth-")
-    try:
+    with atomic_directory(output_dir) as staging:
         info = _write_products(
-            staging, language=language, num_products=num_products, seed=seed, image_size=image_size,
+            os.fspath(staging), language=language, num_products=num_products, seed=seed, image_size=image_size,
             split_fractions=split_fractions, image_only_rate=image_only_rate,
             pattern_image_only_rate=pattern_image_only_rate, region_features=region_features,
         )
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote %d synthetic products (%s) to %s", num_products, language, output_dir)
     return info
 

@@ -438,6 +438,10 @@ def worker(output_dir: str, max_steps: int) -> None:
     save_file(trainer.memory_bank.state_dict(), os.path.join(output_dir, f"bank_rank{rank}.safetensors"))
     if rank == 0:
         Path(output_dir, "world.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))
+    if torch.distributed.is_initialized():
+        # Exiting with gloo's threads alive can abort the process ("terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "worker":

@@ -69,3 +69,43 @@ def test_a_payload_that_cannot_be_serialised_leaves_nothing(tmp_path):
         write_json_atomically(tmp_path / "bad.json", {"a": object()})
     assert list(tmp_path.iterdir()) == []
     assert json.loads(write_json_atomically(tmp_path / "ok.json", {"a": tmp_path}, default=str).read_text()) == {"a": str(tmp_path)}
+
+
+def test_atomic_directory_swaps_a_whole_folder_and_keeps_the_old_one_on_error(tmp_path):
+    from hub_cards.atomic_files import atomic_directory
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as staging:
+            (staging / "new.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left behind
+    with atomic_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the old folder is gone too
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~_umask()
+
+
+def test_atomic_directory_on_the_current_folder_stages_beside_it(tmp_path, monkeypatch):
+    from hub_cards.atomic_files import atomic_directory
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "old.txt").write_text("old")
+    monkeypatch.chdir(work)
+    with atomic_directory(".") as staging:
+        assert staging.parent == tmp_path
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in work.iterdir()) == ["new.txt"]
+
+
+def _umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
