@@ -5,6 +5,9 @@ metadata and the identity of the model that encoded them, and answers top-k cosi
 
     score(q, g) = q̂ · ĝ,   q̂ = q / ‖q‖,   ĝ = g / ‖g‖
 
+A gallery may also be token-level, `(N, K, D)`: K L2-normalised token features per item (SPRC keeps the 32
+query-token features of every target), scored by the maximum over tokens, `score(q, g) = max_k q̂ · ĝ_k`.
+
 Search is exact by default (chunked matrix product + `torch.topk` in torch, on whatever device the index lives).
 An optional faiss backend offers an exact flat index (`IndexFlatIP`) and approximate ones for galleries in the
 millions (`IndexIVFFlat`, `IndexHNSWFlat`). faiss is imported lazily inside a `try`, so this file — which is copied
@@ -279,7 +282,8 @@ class GalleryIndex:
     """Normalised gallery embeddings + ids + metadata + the identity of the model that encoded them.
 
     Args:
-        embeddings: `(N, D)` target embeddings; rows are L2-normalised here (`normalize=True`), N must be ≥ 1.
+        embeddings: `(N, D)` target embeddings, or `(N, K, D)` token-level ones (K features per item, scored by the
+            maximum over tokens); every D-vector is L2-normalised here (`normalize=True`), N must be ≥ 1.
         ids: one id per row (str or int, unique); defaults to `0..N-1`.
         metadata: one JSON-serialisable dict per row, returned with each hit (keys `id`/`score` are reserved).
         model_identity: from `model_identity(model)`; lets a pipeline refuse an index built by another model.
@@ -299,19 +303,23 @@ class GalleryIndex:
         normalize: bool = True,
     ) -> None:
         embeddings = torch.as_tensor(embeddings)
-        if embeddings.ndim != 2:
-            raise ValueError(f"GalleryIndex embeddings: expected a 2-D (N, D) tensor, got shape {tuple(embeddings.shape)}")
+        if embeddings.ndim not in (2, 3) or (embeddings.ndim == 3 and embeddings.shape[1] == 0):
+            raise ValueError(
+                "GalleryIndex embeddings: expected a 2-D (N, D) or a token-level 3-D (N, K, D) tensor, got shape "
+                f"{tuple(embeddings.shape)}"
+            )
         if embeddings.shape[0] == 0:
             raise ValueError("GalleryIndex: the gallery is empty (0 embeddings); an index needs at least one item")
         if not embeddings.is_floating_point():
             raise ValueError(f"GalleryIndex embeddings: expected a floating-point tensor, got {embeddings.dtype}")
         storage_dtype = self._resolve_dtype(dtype)
-        num_items, dim = embeddings.shape
+        num_items, dim = embeddings.shape[0], embeddings.shape[-1]
         if normalize:
             embeddings = embeddings.float()
-            norms = embeddings.norm(dim=1, keepdim=True)
-            if not bool(torch.isfinite(norms).all()) or bool((norms == 0).any()):
-                bad = int((~torch.isfinite(norms) | (norms == 0)).nonzero()[0, 0])
+            norms = embeddings.norm(dim=-1, keepdim=True)
+            bad_rows = (~torch.isfinite(norms) | (norms == 0)).reshape(num_items, -1).any(dim=1)
+            if bool(bad_rows.any()):
+                bad = int(bad_rows.nonzero()[0, 0])
                 raise ValueError(f"GalleryIndex embeddings: row {bad} has a zero or non-finite norm")
             embeddings = embeddings / norms
         self.embeddings = embeddings.to(storage_dtype).contiguous()
@@ -376,7 +384,12 @@ class GalleryIndex:
 
     @property
     def embed_dim(self) -> int:
-        return self.embeddings.shape[1]
+        return self.embeddings.shape[-1]
+
+    @property
+    def tokens_per_item(self) -> int | None:
+        """K of a token-level `(N, K, D)` gallery; None for a one-vector-per-item gallery."""
+        return self.embeddings.shape[1] if self.embeddings.ndim == 3 else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -393,7 +406,8 @@ class GalleryIndex:
 
     def __repr__(self) -> str:
         return (
-            f"GalleryIndex(num_items={len(self)}, embed_dim={self.embed_dim}, dtype={str(self.dtype).split('.')[-1]}, "
+            f"GalleryIndex(num_items={len(self)}, embed_dim={self.embed_dim}, tokens_per_item={self.tokens_per_item}, "
+            f"dtype={str(self.dtype).split('.')[-1]}, "
             f"backend={self.backend!r}, model={_describe_identity(self.model_identity)})"
         )
 
@@ -469,7 +483,26 @@ class GalleryIndex:
                 f"GalleryIndex.similarities query_embeds: expected shape (Q, {self.embed_dim}), got {tuple(queries.shape)}"
             )
         queries = torch.nn.functional.normalize(queries.float(), dim=1).to(self.embeddings.device)
-        return (queries @ self.embeddings.float().T).cpu()
+        if self.tokens_per_item is None:
+            return (queries @ self.embeddings.float().T).cpu()
+        rows = self._block_rows(queries.shape[0])
+        return torch.cat(
+            [self._token_scores(queries, self.embeddings[start : start + rows]) for start in range(0, len(self), rows)],
+            dim=1,
+        ).cpu()
+
+    def _block_rows(self, num_queries: int) -> int:
+        """Items per scoring block: keeps the (Q x items x K) score block under `_SCORE_BLOCK_ELEMENTS`."""
+        per_item = self.tokens_per_item or 1
+        return max(1024 // per_item, _SCORE_BLOCK_ELEMENTS // max(1, num_queries * per_item), 1)
+
+    @staticmethod
+    def _token_scores(queries: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """`(Q, b)` max-over-tokens scores of float32 `queries` against a `(b, K, D)` block of stored tokens (float32
+        dot products with the stored values, whatever their storage dtype: exact with respect to them)."""
+        items, tokens, dim = block.shape
+        flat = block.reshape(items * tokens, dim).float()
+        return (queries @ flat.T).view(queries.shape[0], items, tokens).amax(dim=2)
 
     def _search_torch(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact search: score blocks of gallery rows with one matmul each, keep a running top-k.
@@ -481,12 +514,15 @@ class GalleryIndex:
         gallery = self.embeddings
         queries = queries.to(device=gallery.device, dtype=torch.float32)
         num_queries, num_items = queries.shape[0], gallery.shape[0]
-        rows = max(1024, _SCORE_BLOCK_ELEMENTS // max(1, num_queries))
+        rows = self._block_rows(num_queries)
         best_scores: torch.Tensor | None = None
         best_positions: torch.Tensor | None = None
         for start in range(0, num_items, rows):
             block = gallery[start : start + rows]
-            if block.dtype == torch.float32:
+            if block.ndim == 3:
+                # Token-level: the block's max-over-tokens scores, then its top-k items.
+                block_scores, block_positions = self._token_scores(queries, block).topk(min(top_k, block.shape[0]), dim=1)
+            elif block.dtype == torch.float32:
                 block_scores, block_positions = (queries @ block.T).topk(min(top_k, block.shape[0]), dim=1)
             else:
                 block_scores, block_positions = _shortlist_and_rescore(queries, block, min(top_k, block.shape[0]))
@@ -522,12 +558,14 @@ class GalleryIndex:
             nlist: IVF cells; default `round(4·√N)` clamped to [1, N // 39] (faiss wants ≥ 39 training points per cell).
             train_size: IVF k-means sample size (default `min(N, 256·nlist)`).
         The approximate kinds trade recall for speed; measure recall@k against `backend="torch"` for your data.
-        faiss keeps its own float32 copy of the embeddings.
+        faiss keeps its own float32 copy of the embeddings. A token-level gallery indexes every token vector; search
+        then takes the `top_k · K` best tokens (which hold every true top-k item's best token when the token search
+        is exact) and rescores their items exactly by the maximum over tokens.
         """
         if kind not in _FAISS_KINDS:
             raise ValueError(f"GalleryIndex.build_faiss kind: expected one of {_FAISS_KINDS}, got {kind!r}")
         faiss = _import_faiss()
-        vectors = np.ascontiguousarray(self.embeddings.float().cpu().numpy())
+        vectors = np.ascontiguousarray(self.embeddings.float().reshape(-1, self.embed_dim).cpu().numpy())
         num_items, dim = vectors.shape
         config: dict[str, Any] = {"kind": kind}
         if kind == "flat":
@@ -573,8 +611,28 @@ class GalleryIndex:
     def _search_faiss(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._faiss_index is None:
             raise ValueError("GalleryIndex.search backend='faiss': no faiss index; call build_faiss(...) first")
-        scores, positions = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), top_k)
-        return torch.from_numpy(scores), torch.from_numpy(positions)
+        tokens = self.tokens_per_item
+        if tokens is None:
+            scores, positions = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), top_k)
+            return torch.from_numpy(scores), torch.from_numpy(positions)
+        # Token vectors are searched; their items are the candidates, rescored exactly (max over tokens).
+        width = min(top_k * tokens, self._faiss_index.ntotal)
+        _, token_positions = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), width)
+        candidates = torch.from_numpy(token_positions).clamp(min=0) // tokens  # faiss pads a short list with -1
+        queries = queries.to(self.embeddings.device)
+        best_scores, best_positions = [], []
+        for row in range(queries.shape[0]):
+            items = torch.unique(candidates[row]).to(self.embeddings.device)
+            item_scores = self._token_scores(queries[row : row + 1], self.embeddings[items])[0]
+            order = item_scores.topk(min(top_k, items.numel())).indices
+            score, position = item_scores[order], items[order]
+            if position.numel() < top_k:  # an approximate index found fewer distinct items: pad as faiss does
+                pad = top_k - position.numel()
+                score = torch.cat([score, torch.full((pad,), float("-inf"), device=score.device)])
+                position = torch.cat([position, torch.full((pad,), -1, dtype=position.dtype, device=position.device)])
+            best_scores.append(score.cpu())
+            best_positions.append(position.cpu())
+        return torch.stack(best_scores), torch.stack(best_positions)
 
     # ---------------------------------------------------------------------------------------------------------- hits
 
@@ -610,6 +668,7 @@ class GalleryIndex:
             "format_version": FORMAT_VERSION,
             "num_items": len(self),
             "embed_dim": self.embed_dim,
+            "tokens_per_item": self.tokens_per_item,
             "dtype": str(self.dtype).split(".")[-1],
             "ids": self.ids,
             "metadata": self.metadata,
@@ -663,7 +722,8 @@ class GalleryIndex:
             embeddings = load_file(embeddings_path)["embeddings"]
         except Exception as error:
             raise ValueError(f"GalleryIndex.load: cannot read {embeddings_path!r} ({error})") from error
-        expected = (record["num_items"], record["embed_dim"])
+        tokens = record.get("tokens_per_item")
+        expected = (record["num_items"], *((tokens,) if tokens else ()), record["embed_dim"])
         if "embeddings_sha256" in record and _embeddings_digest(embeddings) != record["embeddings_sha256"]:
             raise ValueError(
                 f"GalleryIndex.load: {embeddings_path!r} does not match {index_path!r} (different digest): the two "
@@ -691,10 +751,11 @@ class GalleryIndex:
                 logger.warning(f"{faiss_path} exists but faiss is not installed: searching with the torch backend")
             else:
                 index._faiss_index = faiss.read_index(faiss_path)
-                if index._faiss_index.ntotal != len(index):
+                expected_vectors = len(index) * (index.tokens_per_item or 1)
+                if index._faiss_index.ntotal != expected_vectors:
                     raise ValueError(
                         f"GalleryIndex.load: {faiss_path!r} holds {index._faiss_index.ntotal} vectors, expected "
-                        f"{len(index)}"
+                        f"{expected_vectors}"
                     )
                 index._faiss_config = dict(record["faiss"])
                 index.set_faiss_search_params(
