@@ -33,6 +33,32 @@ def _vision_config_from(value: PretrainedConfig | dict[str, Any] | None) -> Pret
     raise ValueError(f"vision_config must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
 
 
+#: Vision towers whose forward needs more than `pixel_values` (CSMCIR passes only pixels), refused at config time
+#: rather than at the first forward.
+UNSUPPORTED_VISION_MODEL_TYPES = {
+    "siglip2_vision_model": (
+        "SigLIP-2's NaFlex vision tower needs `pixel_attention_mask` and `spatial_shapes` (from "
+        "Siglip2ImageProcessor's variable-resolution patches) besides the pixels, and CSMCIR feeds its vision tower "
+        "fixed-size `pixel_values` only. Use a SiglipVisionConfig (fixed resolution), CLIPVisionConfig, "
+        "Dinov2Config or Blip2VisionConfig instead."
+    ),
+}
+
+
+def _check_vision_config(vision_config: PretrainedConfig) -> None:
+    model_type = getattr(vision_config, "model_type", "")
+    if model_type in UNSUPPORTED_VISION_MODEL_TYPES:
+        raise ValueError(
+            f"vision_config {type(vision_config).__name__} (model_type={model_type!r}) is not supported: "
+            f"{UNSUPPORTED_VISION_MODEL_TYPES[model_type]}"
+        )
+    if isinstance(getattr(vision_config, "vision_config", None), PretrainedConfig):
+        raise ValueError(
+            f"vision_config is a whole {type(vision_config).__name__} (model_type={model_type!r}), not a vision "
+            "tower's config: pass its `.vision_config` (e.g. CLIPConfig(...).vision_config)."
+        )
+
+
 def _vision_hidden_size(vision_config: PretrainedConfig) -> int:
     for name in ("hidden_size", "embed_dim", "hidden_dim"):
         size = getattr(vision_config, name, None)
@@ -50,7 +76,9 @@ class CSMCIRConfig(PretrainedConfig):
     Args:
         vision_config (`PretrainedConfig` or `dict`, *optional*):
             Any transformers vision backbone config (BLIP-2 ViT by default; CLIP, SigLIP and DINOv2 vision
-            towers work too). Its `last_hidden_state` is what the Q-Former cross-attends to.
+            towers work too). Its `last_hidden_state` is what the Q-Former cross-attends to. Towers that need more
+            than `pixel_values` (SigLIP-2's NaFlex `Siglip2VisionConfig`) and whole multimodal configs (`CLIPConfig`:
+            pass its `.vision_config`) are refused here, with the reason.
         qformer_config (`Blip2QFormerConfig` or `dict`, *optional*):
             The Q-Former. Text input is always enabled (`use_qformer_text_input=True`) because both towers feed
             text through it. Its `encoder_hidden_size` must equal the vision width: when it is left unset it is
@@ -71,6 +99,12 @@ class CSMCIRConfig(PretrainedConfig):
 
     model_type = "csmcir"
     sub_configs = {"vision_config": AutoConfig, "qformer_config": Blip2QFormerConfig}
+    # The per-tower vision / Q-Former outputs are for inspection: the Trainer's prediction loop must not collect them
+    # as logits (they are large and their text length varies from batch to batch).
+    keys_to_ignore_at_inference = [
+        "query_vision_model_output", "query_qformer_model_output", "target_vision_model_output",
+        "target_qformer_model_output",
+    ]
 
     def __init__(
         self,
@@ -88,6 +122,7 @@ class CSMCIRConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         self.vision_config = _vision_config_from(vision_config)
+        _check_vision_config(self.vision_config)
         vision_width = _vision_hidden_size(self.vision_config)
 
         if qformer_config is None:
@@ -139,6 +174,11 @@ class CSMCIRConfig(PretrainedConfig):
         self.image_only_pooling = image_only_pooling
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> Blip2QFormerConfig:
+        """The Q-Former's config: the only text model here (its `vocab_size` sizes the text embeddings, so
+        `resize_token_embeddings` updates it there). CSMCIR has no decoder; `decoder` / `encoder` change nothing."""
+        return self.qformer_config
 
     @property
     def vision_hidden_size(self) -> int:

@@ -26,7 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    ModelOutput,
+)
 from transformers.models.blip_2.configuration_blip_2 import Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
 from transformers.utils import logging
@@ -34,6 +38,15 @@ from transformers.utils import logging
 from .configuration_csmcir import CSMCIRConfig
 
 logger = logging.get_logger(__name__)
+
+
+def _is_tracing() -> bool:
+    """True under `torch.compile`, `torch.export` and `torch.jit.trace`.
+
+    Checks that read a tensor's *values* on the host (an attention-mask row with no tokens) cannot be traced: they run
+    eagerly only. CSMCIRProcessor refuses the same inputs (empty texts) before they reach a compiled model.
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def csmcir_contrastive_loss(
@@ -85,12 +98,29 @@ class CSMCIROutput(ModelOutput):
         logits_per_query (`torch.FloatTensor` of shape `(B, B)`): `query_embeds @ target_embeds.T / τ`.
         query_embeds (`torch.FloatTensor` of shape `(B, embed_dim)`): L2-normalised query embeddings.
         target_embeds (`torch.FloatTensor` of shape `(B, embed_dim)`): L2-normalised target embeddings.
+        query_vision_model_output (`BaseModelOutputWithPooling`, *optional*): the vision tower's output on the
+            reference images (`hidden_states` / `attentions` when requested); `None` when `image_embeds` were given.
+        query_qformer_model_output (`BaseModelOutputWithPoolingAndCrossAttentions`): the Q-Former's output of the
+            joint [query tokens; modification text] pass (`hidden_states`, `attentions`, `cross_attentions` when
+            requested; the text [CLS] state is `last_hidden_state[:, num_query_tokens]`).
+        target_vision_model_output (`BaseModelOutputWithPooling`, *optional*): the same for the target images.
+        target_qformer_model_output (`BaseModelOutputWithPoolingAndCrossAttentions`): the target's Q-Former pass:
+            [query tokens; caption] for captioned targets, the query tokens alone for image-only ones.
+
+    As in BLIP-2's outputs, `to_tuple()` (and `return_dict=False`) turns the nested outputs into tuples too.
     """
 
     loss: torch.FloatTensor | None = None
     logits_per_query: torch.FloatTensor | None = None
     query_embeds: torch.FloatTensor | None = None
     target_embeds: torch.FloatTensor | None = None
+    query_vision_model_output: BaseModelOutputWithPooling | None = None
+    query_qformer_model_output: BaseModelOutputWithPoolingAndCrossAttentions | None = None
+    target_vision_model_output: BaseModelOutputWithPooling | None = None
+    target_qformer_model_output: BaseModelOutputWithPoolingAndCrossAttentions | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
 
 
 class CSMCIRQFormerTower(nn.Module):
@@ -115,8 +145,10 @@ def _fused_features(
     image_embeds: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Joint query-token + text pass over an image; returns the projected, normalised text [CLS] state."""
+    **output_flags: Any,
+) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndCrossAttentions]:
+    """Joint query-token + text pass over an image: the projected, normalised text [CLS] state and the Q-Former's
+    output (`output_flags`: `output_attentions` / `output_hidden_states`)."""
     batch_size = image_embeds.shape[0]
     query_tokens = tower.query_tokens.expand(batch_size, -1, -1)
     num_query = query_tokens.shape[1]
@@ -127,18 +159,25 @@ def _fused_features(
         query_length=num_query,
         attention_mask=torch.cat([query_mask, attention_mask], dim=1),
         encoder_hidden_states=image_embeds,
+        return_dict=True,
+        **output_flags,
     )
     text_cls = outputs.last_hidden_state[:, num_query, :]
     text_cls = text_cls.to(tower.text_projection.weight.dtype)
-    return F.normalize(tower.text_projection(text_cls), dim=-1)
+    return F.normalize(tower.text_projection(text_cls), dim=-1), outputs
 
 
-def _image_token_features(tower: CSMCIRQFormerTower | "CSMCIRModel", image_embeds: torch.Tensor) -> torch.Tensor:
-    """Image-only Q-Former pass; returns `(B, num_query_tokens, embed_dim)` per-token normalised features."""
+def _image_token_features(
+    tower: CSMCIRQFormerTower | "CSMCIRModel", image_embeds: torch.Tensor, **output_flags: Any
+) -> tuple[torch.Tensor, BaseModelOutputWithPoolingAndCrossAttentions]:
+    """Image-only Q-Former pass: `(B, num_query_tokens, embed_dim)` per-token normalised features and the Q-Former's
+    output."""
     query_tokens = tower.query_tokens.expand(image_embeds.shape[0], -1, -1)
-    outputs = tower.qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds)
+    outputs = tower.qformer(
+        query_embeds=query_tokens, encoder_hidden_states=image_embeds, return_dict=True, **output_flags
+    )
     tokens = outputs.last_hidden_state.to(tower.vision_projection.weight.dtype)
-    return F.normalize(tower.vision_projection(tokens), dim=-1)
+    return F.normalize(tower.vision_projection(tokens), dim=-1), outputs
 
 
 class CSMCIRPreTrainedModel(PreTrainedModel):
@@ -153,6 +192,25 @@ class CSMCIRPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # the Q-Former is kept in fp32, which blocks flash attention
     _keep_in_fp32_modules = ["query_tokens", "qformer"]
     _no_split_modules = ["Blip2QFormerMultiHeadAttention", "Blip2EncoderLayer", "Blip2TextEmbeddings"]
+
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self) -> None:
+        """Initialise every module not loaded from a checkpoint, each sub-model (vision tower, Q-Former) with its
+        own `_init_weights`, so that `from_pretrained` and `__init__` initialise alike.
+
+        transformers' version skips, for custom-code models, every module whose *own* parameters are all loaded,
+        which includes modules that own none: a CLIP attention or MLP block is skipped and its linear layers keep
+        the generic std instead of CLIP's. The skip guards remote code that writes weights in place; every
+        `_init_weights` reached here uses `transformers.initialization`, which leaves loaded tensors alone.
+        """
+
+        def apply(module: nn.Module, initialize: Any) -> None:
+            for child in module.children():
+                apply(child, child._initialize_weights if isinstance(child, PreTrainedModel) else initialize)
+            initialize(module)
+
+        apply(self, self._initialize_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -209,6 +267,25 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
     >>> t = model.get_target_features(**target)
     >>> score = (q @ t.T).item()
     ```
+
+    As a transformers model: `forward` takes `output_attentions` / `output_hidden_states` (every layer of the vision
+    tower and the Q-Former, per tower, in `CSMCIROutput`) and `return_dict=False` (tuples);
+    `config.get_text_config()` is the Q-Former's config, so `resize_token_embeddings` round-trips through
+    `save_pretrained`; `torch.export` traces `forward` and `torch.compile(fullgraph=True)` compiles
+    `get_query_features` / `get_target_features` (the checks that read tensor values, e.g. an attention-mask row with
+    no tokens, run eagerly only; `CSMCIRProcessor` refuses empty texts before they reach a traced model).
+
+    Common behaviours that do not apply here, and why:
+
+    * `inputs_embeds`: text reaches the Q-Former only through `Blip2TextEmbeddings`, which embeds `input_ids` and
+      prepends the learnt query tokens; the pre-computed input this model takes is the image side's
+      (`image_embeds` / `target_image_embeds`, from `get_image_embeds`).
+    * Generation, caches (`past_key_values`, `use_cache`), output embeddings and weight tying: a retrieval encoder
+      with no language-model head.
+    * A single-input `forward`: it scores queries against targets, so it needs both sides (`labels` are implicit:
+      query i's positive is target i). The one-sided encoders are `get_query_features` / `get_target_features`.
+    * Attention weights under SDPA: `output_attentions` needs `attn_implementation="eager"`, as for every transformers
+      model (SDPA computes no weights).
     """
 
     # A contrastive loss is a per-batch mean: it must not be rescaled by the Trainer's num_items_in_batch.
@@ -260,24 +337,28 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         With a frozen tower they can be computed once and passed back as `image_embeds` to every other
         method (gallery encoding, training with cached features).
         """
-        pixel_values = _require_tensor("pixel_values", pixel_values, (4,))
+        return self._vision_outputs(pixel_values).last_hidden_state
+
+    def _vision_outputs(self, pixel_values: torch.Tensor, name: str = "", **output_flags: Any) -> BaseModelOutputWithPooling:
+        pixel_values = _require_tensor(f"{name}pixel_values", pixel_values, (4,))
         parameter = next(self.vision_model.parameters())
         pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
-            return self.vision_model(pixel_values=pixel_values).last_hidden_state
+            return self.vision_model(pixel_values=pixel_values, return_dict=True, **output_flags)
 
     def _resolve_image_embeds(
-        self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None, name: str
-    ) -> torch.Tensor:
+        self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None, name: str, **output_flags: Any
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None]:
+        """The image features of one side and the vision tower's output (None for cached `image_embeds`)."""
         if image_embeds is not None:
-            return _require_tensor(f"{name}image_embeds", image_embeds, (3,))
+            return _require_tensor(f"{name}image_embeds", image_embeds, (3,)), None
         if pixel_values is None:
             raise ValueError(
                 f"`{name}pixel_values` is missing: CSMCIR needs an image on this side (or precomputed "
                 f"`{name}image_embeds` from `get_image_embeds`)."
             )
-        _require_tensor(f"{name}pixel_values", pixel_values, (4,))
-        return self.get_image_embeds(pixel_values)
+        vision_outputs = self._vision_outputs(pixel_values, name, **output_flags)
+        return vision_outputs.last_hidden_state, vision_outputs
 
     @staticmethod
     def _check_text(name: str, input_ids: Any, attention_mask: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,10 +377,43 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
                 f"`{name}attention_mask` has shape {tuple(attention_mask.shape)}, expected {tuple(input_ids.shape)} "
                 f"like `{name}input_ids`."
             )
-        if not bool((attention_mask.sum(dim=1) > 0).all()):
+        if not _is_tracing() and not bool((attention_mask.sum(dim=1) > 0).all()):
             empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
             raise ValueError(f"`{name}attention_mask` masks every token of rows {empty}: empty text.")
         return input_ids, attention_mask
+
+    def _encode_query(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        image_embeds: torch.Tensor | None,
+        **output_flags: Any,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None, BaseModelOutputWithPoolingAndCrossAttentions]:
+        image_embeds, vision_outputs = self._resolve_image_embeds(pixel_values, image_embeds, "", **output_flags)
+        if input_ids is None:
+            raise ValueError("`input_ids` is missing: a composed query needs the modification text.")
+        input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
+        embeds, qformer_outputs = _fused_features(self, image_embeds, input_ids, attention_mask, **output_flags)
+        return embeds, vision_outputs, qformer_outputs
+
+    def _encode_target(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        image_embeds: torch.Tensor | None,
+        **output_flags: Any,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None, BaseModelOutputWithPoolingAndCrossAttentions]:
+        image_embeds, vision_outputs = self._resolve_image_embeds(pixel_values, image_embeds, "", **output_flags)
+        tower = self._target_tower
+        if input_ids is not None:
+            input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
+            embeds, qformer_outputs = _fused_features(tower, image_embeds, input_ids, attention_mask, **output_flags)
+            return embeds, vision_outputs, qformer_outputs
+        tokens, qformer_outputs = _image_token_features(tower, image_embeds, **output_flags)
+        pooled = tokens[:, 0] if self.config.image_only_pooling == "first" else tokens.mean(dim=1)
+        return F.normalize(pooled, dim=-1), vision_outputs, qformer_outputs
 
     def get_query_features(
         self,
@@ -312,11 +426,7 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
 
         q = normalize(W_text · QFormer([query_tokens; embed(text)], cross-attending to ViT(reference))[CLS_text])
         """
-        image_embeds = self._resolve_image_embeds(pixel_values, image_embeds, "")
-        if input_ids is None:
-            raise ValueError("`input_ids` is missing: a composed query needs the modification text.")
-        input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
-        return _fused_features(self, image_embeds, input_ids, attention_mask)
+        return self._encode_query(pixel_values, input_ids, attention_mask, image_embeds)[0]
 
     def get_target_features(
         self,
@@ -330,21 +440,14 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         With a caption (`input_ids`), exactly the query computation on (target image, caption): the symmetric
         tower. Without one, image only: t = normalize(pool_k normalize(W_vision · QFormer(query_tokens, ViT)_k)).
         """
-        image_embeds = self._resolve_image_embeds(pixel_values, image_embeds, "")
-        tower = self._target_tower
-        if input_ids is not None:
-            input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
-            return _fused_features(tower, image_embeds, input_ids, attention_mask)
-        tokens = _image_token_features(tower, image_embeds)
-        pooled = tokens[:, 0] if self.config.image_only_pooling == "first" else tokens.mean(dim=1)
-        return F.normalize(pooled, dim=-1)
+        return self._encode_target(pixel_values, input_ids, attention_mask, image_embeds)[0]
 
     def get_image_token_features(
         self, pixel_values: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-query-token image features `(B, num_query_tokens, embed_dim)`, each normalised (BLIP-2's ITC image side)."""
-        image_embeds = self._resolve_image_embeds(pixel_values, image_embeds, "")
-        return _image_token_features(self._target_tower, image_embeds)
+        image_embeds, _ = self._resolve_image_embeds(pixel_values, image_embeds, "")
+        return _image_token_features(self._target_tower, image_embeds)[0]
 
     # ------------------------------------------------------------------------------------------------ forward
 
@@ -360,8 +463,10 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         image_embeds: torch.Tensor | None = None,
         target_image_embeds: torch.Tensor | None = None,
         return_loss: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> CSMCIROutput:
+    ) -> CSMCIROutput | tuple[Any, ...]:
         r"""Encode queries and targets and score every query against every target of the batch.
 
         Args:
@@ -371,12 +476,27 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
             target_input_ids, target_attention_mask: target captions; omit for image-only targets.
             target_ids: `(B,)` identity of each target; duplicates inside a batch are not used as negatives.
             return_loss: compute the in-batch InfoNCE (`csmcir_contrastive_loss`).
+            output_attentions / output_hidden_states: return every layer's attentions (self- and, in the Q-Former,
+                cross-attentions; needs `attn_implementation="eager"`) / hidden states, in the four per-tower
+                outputs (`query_vision_model_output`, `query_qformer_model_output`, `target_vision_model_output`,
+                `target_qformer_model_output`). Default: the config's.
+            return_dict: `False` returns `CSMCIROutput.to_tuple()` (fields that are `None` left out, nested outputs as
+                tuples). Default: `config.return_dict` (True).
         """
-        query_embeds = self.get_query_features(pixel_values, input_ids, attention_mask, image_embeds)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_flags = {
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+            "output_hidden_states": (
+                self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            ),
+        }
+        query_embeds, query_vision, query_qformer = self._encode_query(
+            pixel_values, input_ids, attention_mask, image_embeds, **output_flags
+        )
         if target_pixel_values is None and target_image_embeds is None:
             raise ValueError("`target_pixel_values` is missing: the forward pass scores queries against targets.")
-        target_embeds = self.get_target_features(
-            target_pixel_values, target_input_ids, target_attention_mask, target_image_embeds
+        target_embeds, target_vision, target_qformer = self._encode_target(
+            target_pixel_values, target_input_ids, target_attention_mask, target_image_embeds, **output_flags
         )
         if target_embeds.shape[0] != query_embeds.shape[0]:
             raise ValueError(
@@ -389,9 +509,33 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
             if target_ids is not None:
                 target_ids = _require_tensor("target_ids", target_ids, (1,)).to(logits_per_query.device)
             loss = csmcir_contrastive_loss(logits_per_query, target_ids=target_ids)
-        return CSMCIROutput(
-            loss=loss, logits_per_query=logits_per_query, query_embeds=query_embeds, target_embeds=target_embeds
+        output = CSMCIROutput(
+            loss=loss,
+            logits_per_query=logits_per_query,
+            query_embeds=query_embeds,
+            target_embeds=target_embeds,
+            query_vision_model_output=query_vision,
+            query_qformer_model_output=query_qformer,
+            target_vision_model_output=target_vision,
+            target_qformer_model_output=target_qformer,
         )
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------------------------------------------ vocabulary
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the Q-Former's word embeddings (and, in the unshared ablation, the target tower's to the same size);
+        `config.qformer_config.vocab_size` (what `config.get_text_config()` returns) follows, so the resized model
+        saves and reloads."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.target_tower is not None and (new_num_tokens is not None or pad_to_multiple_of is not None):
+            target_embeddings = self.target_tower.embeddings
+            target_embeddings.word_embeddings = self._get_resized_embeddings(
+                target_embeddings.word_embeddings, embeddings.weight.shape[0], mean_resizing=mean_resizing
+            )
+        return embeddings
 
     # ------------------------------------------------------------------------------------------------ BLIP-2
 
