@@ -246,7 +246,12 @@ def _shortlist_and_rescore(queries: torch.Tensor, block: torch.Tensor, top_k: in
     a loaded 2-core machine, and a float32 copy per block costs page faults.
     """
     margin = _HALF_SCORE_MARGIN[block.dtype]
-    approximate = queries.to(block.dtype) @ block.T
+    if block.ndim == 3:
+        # Token-level rows: each token's half score is within δ of its exact score, so the max over tokens is too.
+        items, tokens, dim = block.shape
+        approximate = (queries.to(block.dtype) @ block.reshape(items * tokens, dim).T).view(-1, items, tokens).amax(dim=2)
+    else:
+        approximate = queries.to(block.dtype) @ block.T
     num_rows = block.shape[0]
     width = min(num_rows, max(_SHORTLIST_MIN_WIDTH, 4 * top_k))
     while True:
@@ -255,7 +260,10 @@ def _shortlist_and_rescore(queries: torch.Tensor, block: torch.Tensor, top_k: in
         if width == num_rows or bool((shortlist_scores[:, -1].float() < kth - margin).all()):
             break
         width = min(num_rows, width * 4)
-    exact = torch.bmm(block[shortlist].float(), queries.unsqueeze(2)).squeeze(2)
+    if block.ndim == 3:
+        exact = torch.einsum("qnkd,qd->qnk", block[shortlist].float(), queries).amax(dim=2)
+    else:
+        exact = torch.bmm(block[shortlist].float(), queries.unsqueeze(2)).squeeze(2)
     scores, order = exact.topk(top_k, dim=1)
     return scores, shortlist.gather(1, order)
 
@@ -519,7 +527,7 @@ class GalleryIndex:
         best_positions: torch.Tensor | None = None
         for start in range(0, num_items, rows):
             block = gallery[start : start + rows]
-            if block.ndim == 3:
+            if block.ndim == 3 and block.dtype == torch.float32:
                 # Token-level: the block's max-over-tokens scores, then its top-k items.
                 block_scores, block_positions = self._token_scores(queries, block).topk(min(top_k, block.shape[0]), dim=1)
             elif block.dtype == torch.float32:
