@@ -19,8 +19,10 @@ The CEPSUM numbers in the MMAPS literature come from the original code's ``utils
   Because the union and the lengths count *unique* characters this is not textbook ROUGE-L (a
   repeated character counts once). One deliberate difference: the original raises on an empty
   candidate; here an empty candidate scores 0.
-* BLEU-1..4 are NLTK corpus BLEU over characters (the original passes raw strings to ``corpus_bleu``,
-  so spaces are tokens too), weights (1,0,0,0), (.5,.5,0,0), (.333,.333,.334,0), (.25,.25,.25,.25).
+* BLEU-1..4 are NLTK corpus BLEU over the same non-whitespace characters, weights (1,0,0,0), (.5,.5,0,0),
+  (.333,.333,.334,0), (.25,.25,.25,.25). The original character-splits every text and drops its whitespace
+  (``process_input``) before it calls ``corpus_bleu`` on the resulting token lists, so the spaces of
+  word-segmented CEPSUM text are never tokens; a perfect prediction scores 100 whatever its spacing.
 
 Beside it, :func:`english_rouge` is a standard ``rouge_score`` ROUGE with the tokenizer fixed
 (lower-cased Unicode words), for English summaries; scores from the two are not comparable. ``PROTOCOLS`` words
@@ -45,10 +47,10 @@ logger = logging.get_logger(__name__)
 PROTOCOLS: dict[str, str] = {
     "zh": "CEPSUM protocol: character-level ROUGE-1/2 (clipped n-gram F1) and set-based summary-level ROUGE-L "
           "(sentences split on 。) of each summary against every reference, averaged over references then products, "
-          "x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of the summary vs. "
+          "x100; BLEU-1..4 = NLTK corpus BLEU over non-whitespace characters; attribute P/R/F1 = attribute words of the summary vs. "
           "those of any reference",
     "en": "standard ROUGE-1/2/Lsum F (rouge_score, lower-cased Unicode words, best reference per product) averaged "
-          "over products, x100; BLEU-1..4 = NLTK corpus BLEU over characters; attribute P/R/F1 = attribute words of "
+          "over products, x100; BLEU-1..4 = NLTK corpus BLEU over non-whitespace characters; attribute P/R/F1 = attribute words of "
           "the summary vs. those of any reference",
 }
 CEPSUM_SENTENCE_DELIMITER = "。"
@@ -214,15 +216,16 @@ def cepsum_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]])
 
     ``BLEU-n = BP · exp(Σ_k w_k log p_k)`` with the modified n-gram precisions ``p_k`` pooled over the
     corpus, multi-reference clipping, and the brevity penalty against the closest reference length.
-    Tokens are every character of the raw string (spaces included), as when strings are passed to NLTK.
+    Tokens are :func:`character_tokens` (whitespace dropped), so space-segmented CEPSUM references and unsegmented
+    predictions are compared character by character, as in the original.
     """
     from nltk.translate.bleu_score import corpus_bleu
 
     _check_corpus(predictions, references)
     if not predictions:
         return {k: 0.0 for k in BLEU_WEIGHTS}
-    hyps = [list(p) for p in predictions]
-    refs = [[list(r) for r in rs] for rs in references]
+    hyps = [character_tokens(p) for p in predictions]
+    refs = [[character_tokens(r) for r in rs] for rs in references]
     scores = {}
     for name, weights in BLEU_WEIGHTS.items():
         # NLTK warns and returns ~0 when a higher-order n-gram never matches; that is the protocol's value.

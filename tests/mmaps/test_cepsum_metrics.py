@@ -141,3 +141,77 @@ def test_evaluate_module_loads_offline_from_its_folder():
     bleu = evaluate.load(os.path.join(modules, "cepsum_bleu"))
     assert bleu.compute(predictions=["红色的包"], references=[["红色的包"]])["bleu4"] == pytest.approx(100.0)
     json.dumps(out)  # plain floats
+
+
+# -- BLEU on word-segmented CEPSUM text (the original drops whitespace before scoring characters) ------------------
+
+
+def _independent_corpus_bleu(predictions, references, max_n):
+    """Corpus BLEU written from the formula (not NLTK): pooled clipped n-gram precisions, uniform weights 1/max_n,
+    brevity penalty against the closest reference length (ties: the shorter), over non-whitespace characters."""
+    import collections
+    import math
+
+    def chars(text):
+        return [c for c in text if not c.isspace()]
+
+    matched, total = [0] * max_n, [0] * max_n
+    hyp_len = ref_len = 0
+    for prediction, refs in zip(predictions, references):
+        hyp, ref_tokens = chars(prediction), [chars(r) for r in refs]
+        hyp_len += len(hyp)
+        ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in ref_tokens)[1]
+        for n in range(1, max_n + 1):
+            grams = collections.Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+            best = collections.Counter()
+            for r in ref_tokens:
+                for gram, count in collections.Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1)).items():
+                    best[gram] = max(best[gram], count)
+            matched[n - 1] += sum(min(c, best[g]) for g, c in grams.items())
+            total[n - 1] += max(len(hyp) - n + 1, 0)
+    if min(matched) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matched, total)) / max_n
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return 100.0 * brevity * math.exp(log_precision)
+
+
+def test_perfect_prediction_of_a_space_segmented_reference_scores_100():
+    # CEPSUM references are word-segmented with spaces; a model outputs characters without them.
+    references = [["这款 包 采用 优质 真皮 ， 容量 大 。"], ["LED 灯 2020 款 ， 尺寸 30cm"]]
+    predictions = ["这款包采用优质真皮，容量大。", "LED灯2020款，尺寸30cm"]
+    scores = cepsum_bleu(predictions, references)
+    assert scores == {k: pytest.approx(100.0) for k in ("bleu1", "bleu2", "bleu3", "bleu4")}
+    # The segmented form of the prediction is the same characters, so it scores the same.
+    assert cepsum_bleu(["LED 灯 2020 款 ， 尺寸 30cm"], [references[1]])["bleu4"] == pytest.approx(100.0)
+
+
+def test_bleu_on_mixed_latin_digit_text_hand_values():
+    import math
+
+    # Prediction 红色LED (5 chars) vs reference 红 色 的 LED 灯 (7 chars once the spaces go):
+    # unigrams all match (p1 = 1); bigrams 红色, LE, ED of 红色 色L LE ED match (p2 = 3/4); BP = exp(1 - 7/5).
+    scores = cepsum_bleu(["红色LED"], [["红色 的 LED 灯"]])
+    assert scores["bleu1"] == pytest.approx(100 * math.exp(-0.4))
+    assert scores["bleu2"] == pytest.approx(100 * math.exp(-0.4) * math.sqrt(0.75))
+
+
+def test_bleu_matches_an_independent_implementation_on_a_random_segmented_corpus():
+    import random
+
+    rng = random.Random(3)
+    alphabet = list("红色的包大容量真皮简约LED2020cm，。")
+
+    def text(k):
+        return "".join(rng.choice(alphabet) for _ in range(k))
+
+    def segment(t):  # insert spaces at random word boundaries, as CEPSUM's segmenter does
+        return " ".join(t[i:i + 2] for i in range(0, len(t), 2))
+
+    predictions = [text(rng.randint(8, 20)) for _ in range(30)]
+    references = [[segment(text(rng.randint(8, 20))) for _ in range(rng.randint(1, 3))] for _ in range(30)]
+    scores = cepsum_bleu(predictions, references)
+    for n in (1, 2):  # NLTK's BLEU-3 uses weights .333/.333/.334, so pin the uniform ones
+        assert scores[f"bleu{n}"] == pytest.approx(_independent_corpus_bleu(predictions, references, n), abs=1e-6)
+    assert scores["bleu4"] == pytest.approx(_independent_corpus_bleu(predictions, references, 4), abs=1e-6)
+    assert scores["bleu1"] > 10.0  # a real, non-degenerate number
