@@ -34,7 +34,7 @@ from typing import Any
 from transformers import Blip2VisionConfig
 
 from .configuration_csmcir import CSMCIRConfig
-from .processing_csmcir import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CSMCIRProcessor
+from .processing_csmcir import CSMCIRProcessor, image_processor_for_vision_config
 
 #: BERT-uncased's vocabulary size: the Q-Former's vocabulary when the real tokenizer is installed.
 BERT_VOCAB_SIZE = 30522
@@ -158,19 +158,28 @@ def _minilm_qformer(minilm_dir: str | os.PathLike | None, overrides: dict[str, A
     return qformer_config_from_bert(AutoConfig.from_pretrained(os.fspath(minilm_dir)), **overrides)
 
 
-def preset_processor(name: str = "tiny", *, image_size: int = 32, max_text_length: int = 32) -> CSMCIRProcessor:
-    """The processor every preset uses, built offline: a BLIP image processor at ``image_size`` and BERT-uncased's
+def preset_processor(
+    name: str = "tiny", *, image_size: int | None = None, max_text_length: int = 32, vision_config: Any = None
+) -> CSMCIRProcessor:
+    """The processor every preset uses, built offline: the vision backbone's image processor and BERT-uncased's
     tokenizer from the installed all-MiniLM-L6-v2 package, or (without it) a small generated WordPiece vocabulary
-    of lowercase letters, digits and punctuation."""
+    of lowercase letters, digits and punctuation.
+
+    Args:
+        image_size: the image processor's output side (default: ``vision_config``'s ``image_size``; 32, the presets'
+            BLIP-2 ViT, without one).
+        vision_config: the backbone replacing the preset's BLIP-2 ViT (a config or a dict): its own image processor
+            is used (CLIP's, SigLIP's, DINOv2's; ``processing_csmcir.image_processor_for_vision_config``).
+    """
     get_preset(name)  # every preset shares the processor; the name is still checked
     from transformers import BertTokenizer
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     from .conversion.bert_seeding import find_minilm_model_dir
 
-    image_processor = BlipImageProcessorPil(
-        size={"height": image_size, "width": image_size}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
-    )
+    if vision_config is None:
+        image_processor = image_processor_for_vision_config(Blip2VisionConfig(), image_size or 32)
+    else:
+        image_processor = image_processor_for_vision_config(vision_config, image_size)
     model_dir = find_minilm_model_dir()
     if model_dir is not None and (model_dir / "vocab.txt").is_file():
         tokenizer = BertTokenizer.from_pretrained(os.fspath(model_dir))
@@ -184,13 +193,17 @@ def preset_processor(name: str = "tiny", *, image_size: int = 32, max_text_lengt
 
 
 def preset_model(name: str = "tiny", *, image_size: int = 32, **overrides: Any):
-    """``(CSMCIRModel, CSMCIRProcessor)`` of preset ``name``, the config's vocabulary matched to the tokenizer.
+    """``(CSMCIRModel, CSMCIRProcessor)`` of preset ``name``, the config's vocabulary matched to the tokenizer and the
+    image processor to the vision tower (``vision_config=`` a CLIP tower gets CLIP's image processor, and so on).
 
     The ``minilm`` preset's Q-Former is seeded from the installed all-MiniLM-L6-v2 weights.
     """
     from .modeling_csmcir import CSMCIRModel
 
-    processor = preset_processor(name, image_size=image_size)
+    # An explicit vision tower sets its own resolution (preset_config ignores image_size then), and its processor.
+    vision_config = overrides.get("vision_config")
+    processor = preset_processor(name, image_size=None if vision_config is not None else image_size,
+                                 vision_config=vision_config)
     model = CSMCIRModel(preset_config(name, vocab_size=len(processor.tokenizer), image_size=image_size, **overrides))
     if get_preset(name).bert_shaped:
         from .conversion.bert_seeding import find_minilm_model_dir, seed_qformer_from_bert

@@ -13,12 +13,60 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+DEFAULT_MAX_TEXT_LENGTH = 32  # SPRC's text length, when neither the processor nor its tokenizer sets one
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def image_processor_for_vision_config(vision_config: Any, image_size: int | None = None) -> Any:
+    """The PIL image processor a vision backbone was trained with, at the backbone's resolution.
+
+    * BLIP-2 / BLIP ViT: `BlipImageProcessorPil`, a square bicubic resize, CLIP mean/std (BLIP-2's evaluation
+      preprocessing);
+    * CLIP: `CLIPImageProcessorPil`, shortest edge to the tower's `image_size`, centre crop, CLIP mean/std;
+    * SigLIP: `SiglipImageProcessorPil`, a square resize, mean/std 0.5;
+    * DINOv2: `BitImageProcessorPil` as DINOv2's own checkpoints use it: shortest edge to 256/224 of the crop, centre
+      crop to `image_size`, ImageNet mean/std.
+
+    Other backbones get BLIP's processor with a warning. `vision_config` is a config or its dict (with
+    `model_type`); `image_size` overrides the config's. PIL processors only: no torchvision needed.
+    """
+    if isinstance(vision_config, dict):
+        model_type = vision_config.get("model_type", "blip_2_vision_model")
+        config_size = vision_config.get("image_size")
+    else:
+        model_type = getattr(vision_config, "model_type", "blip_2_vision_model")
+        config_size = getattr(vision_config, "image_size", None)
+    size = image_size or config_size or 224
+    square = {"height": size, "width": size}
+    if model_type == "clip_vision_model":
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size=square)
+    if model_type == "siglip_vision_model":
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+        return SiglipImageProcessorPil(size=square)
+    if model_type == "dinov2":
+        from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+        return BitImageProcessorPil(size={"shortest_edge": round(size * 256 / 224)}, crop_size=square,
+                                    image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    if model_type not in ("blip_2_vision_model", "blip_vision_model"):
+        logger.warning(
+            "No image processor known for vision model_type %r: using BLIP's (square resize to %d px, CLIP "
+            "mean/std); pass the backbone's own image processor to CSMCIRProcessor if it differs.", model_type, size
+        )
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    return BlipImageProcessorPil(size=square, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -64,16 +112,40 @@ def _check_text(text: Any) -> list[str]:
     return texts
 
 
+class CSMCIRProcessorKwargs(ProcessingKwargs, total=False):
+    """The keyword arguments `CSMCIRProcessor.__call__` takes: any tokenizer argument (`text_kwargs`) and any
+    image-processor argument (`images_kwargs`), flat or nested, as for every transformers processor."""
+
+
 class CSMCIRProcessor(ProcessorMixin):
     r"""Wraps an image processor and a BERT tokenizer into one processor for CSMCIR.
 
+    Call keyword arguments are merged the transformers way (`ProcessorMixin._merge_kwargs`): from lowest to highest
+    priority, this processor's defaults (`text_kwargs` / `images_kwargs` below), the arguments the tokenizer was
+    created with (e.g. its own `padding` or `max_length`), then the caller's, flat
+    (`processor(..., padding="max_length", do_rescale=False)`) or nested (`text_kwargs={...}`,
+    `images_kwargs={...}`, `common_kwargs={...}`). An argument given both ways is refused. Image-processor arguments
+    go to the image processor, whose own settings (size, mean/std) hold unless the caller overrides them.
+
     Args:
-        image_processor: a transformers image processor (e.g. `BlipImageProcessorPil` at 224 px as in BLIP-2).
+        image_processor: a transformers image processor; `image_processor_for_vision_config` gives the one that
+            matches a vision backbone (BLIP's at 224 px for BLIP-2's ViT).
         tokenizer: the Q-Former's BERT-uncased tokenizer.
-        max_text_length (`int`, defaults to 32): texts are truncated to this many tokens ([CLS] and [SEP] included).
+        max_text_length (`int`, *optional*): texts are truncated to this many tokens ([CLS] and [SEP] included)
+            unless the caller passes `max_length`. A setting of this processor (saved with it, and what the presets
+            and converters set to the model's `max_text_length`), so it ranks above the tokenizer's own `max_length`
+            (sentence-transformers' BERT folders store 128, more than a small Q-Former has positions for). Unset,
+            the tokenizer's own `max_length` applies, else 32.
     """
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, max_text_length: int = 32, **kwargs: Any):
+    valid_processor_kwargs = CSMCIRProcessorKwargs
+    # The lowest-priority defaults of `_merge_kwargs` (transformers' processor-attribute defaults).
+    text_kwargs = {"padding": "longest", "truncation": True, "return_token_type_ids": False, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, max_text_length: int | None = None, **kwargs: Any
+    ):
         self.max_text_length = max_text_length
         super().__init__(image_processor, tokenizer, **kwargs)
 
@@ -81,28 +153,31 @@ class CSMCIRProcessor(ProcessorMixin):
         self,
         images: Any = None,
         text: str | list[str] | None = None,
-        return_tensors: str | None = "pt",
-        padding: bool | str = "longest",
-        max_length: int | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[CSMCIRProcessorKwargs],
     ) -> BatchFeature:
         """Returns `pixel_values` for `images` and `input_ids` / `attention_mask` for `text` (truncated)."""
         if images is None and text is None:
             raise ValueError("CSMCIRProcessor needs `images`, `text` or both.")
+        if "max_length" in kwargs and kwargs["max_length"] is None:
+            kwargs.pop("max_length")  # None has always meant "the processor's max_text_length"
+        caller_max_length = any(
+            group.get("max_length") is not None
+            for group in (kwargs, kwargs.get("text_kwargs") or {}, kwargs.get("common_kwargs") or {})
+        )
+        merged = self._merge_kwargs(
+            CSMCIRProcessorKwargs, tokenizer_init_kwargs=getattr(self.tokenizer, "init_kwargs", {}), **kwargs
+        )
+        text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        if not caller_max_length and self.max_text_length is not None:
+            text_kwargs["max_length"] = self.max_text_length
+        elif text_kwargs.get("max_length") is None:
+            text_kwargs["max_length"] = DEFAULT_MAX_TEXT_LENGTH
+        return_tensors = text_kwargs.get("return_tensors") if text is not None else images_kwargs.get("return_tensors")
         data: dict[str, Any] = {}
         if text is not None:
-            encoding = self.tokenizer(
-                _check_text(text),
-                padding=padding,
-                truncation=True,
-                max_length=max_length or self.max_text_length,
-                return_token_type_ids=False,
-                return_tensors=return_tensors,
-                **kwargs,
-            )
-            data.update(encoding)
+            data.update(self.tokenizer(_check_text(text), **text_kwargs))
         if images is not None:
-            data.update(self.image_processor(_check_images(images), return_tensors=return_tensors))
+            data.update(self.image_processor(_check_images(images), **images_kwargs))
         return BatchFeature(data, tensor_type=return_tensors)
 
     @property
@@ -110,4 +185,4 @@ class CSMCIRProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["CSMCIRProcessor"]
+__all__ = ["CSMCIRProcessor", "CSMCIRProcessorKwargs", "image_processor_for_vision_config"]
