@@ -93,6 +93,31 @@ PRESETS: dict[str, CSMCIRPreset] = {
 }
 
 
+#: Tiny vision towers of the other supported backbone families (width 32, 2 layers, 8-px patches), for
+#: ``preset_config(..., vision_config=preset_vision_config(family))``: the tests' and examples' CLIP / SigLIP /
+#: DINOv2 backbones. ``blip2`` is the presets' own tower.
+VISION_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "blip2": ("blip_2_vision_model", _TINY_VISION),
+    "clip": ("clip_vision_model", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       patch_size=8)),
+    "siglip": ("siglip_vision_model", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, patch_size=8)),
+    "dinov2": ("dinov2", dict(hidden_size=32, mlp_ratio=2, num_hidden_layers=2, num_attention_heads=2, patch_size=8)),
+}
+
+
+def preset_vision_config(family: str = "blip2", *, image_size: int = 32, **overrides: Any) -> Any:
+    """A tiny vision tower config of ``family`` (``VISION_FAMILIES``) at ``image_size``; ``overrides`` replace fields."""
+    if family not in VISION_FAMILIES:
+        raise ValueError(f"unknown vision family {family!r}; expected one of {sorted(VISION_FAMILIES)}")
+    from transformers import AutoConfig
+
+    model_type, fields = VISION_FAMILIES[family]
+    if model_type == "blip_2_vision_model":
+        return Blip2VisionConfig(**{**fields, "image_size": image_size, **overrides})
+    return AutoConfig.for_model(model_type, **{**fields, "image_size": image_size, **overrides})
+
+
 def get_preset(name: str) -> CSMCIRPreset:
     """The preset called ``name``; ``ValueError`` naming the known presets otherwise."""
     if name not in PRESETS:
@@ -212,5 +237,5 @@ def preset_model(name: str = "tiny", *, image_size: int = 32, **overrides: Any):
     return model, processor
 
 
-__all__ = ["BERT_VOCAB_SIZE", "CSMCIRPreset", "PRESETS", "get_preset", "preset_config", "preset_model",
-           "preset_processor"]
+__all__ = ["BERT_VOCAB_SIZE", "CSMCIRPreset", "PRESETS", "VISION_FAMILIES", "get_preset", "preset_config",
+           "preset_model", "preset_processor", "preset_vision_config"]
