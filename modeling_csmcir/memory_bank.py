@@ -118,6 +118,8 @@ class MemoryBank(nn.Module):
         start_step: first step at which the bank serves negatives (it is filled before that).
         device: where the bank's tensors live (the model's device).
         weight: ``\lambda > 0``, the weight of every served entry in the denominator (``1`` = a full negative).
+        tokens_per_entry: ``K`` for token-level targets (``config.target_representation="tokens"``): each entry is
+            ``(K, D)`` unit token features and ``q^T e_j`` above becomes ``max_k q^T e_{jk}``, the model's score.
     """
 
     def __init__(
@@ -132,8 +134,12 @@ class MemoryBank(nn.Module):
         start_step: int = 0,
         device: torch.device | str | None = None,
         weight: float = 1.0,
+        tokens_per_entry: int | None = None,
     ) -> None:
         super().__init__()
+        if tokens_per_entry is not None and tokens_per_entry <= 0:
+            raise ValueError(f"MemoryBank tokens_per_entry must be positive or None, got {tokens_per_entry}")
+        self.tokens_per_entry = int(tokens_per_entry) if tokens_per_entry else None
         check_bank_settings(capacity, dim, strategy, k_min, k_max, max_age, weight)
         self.capacity = int(capacity)
         self.dim = int(dim)
@@ -145,7 +151,7 @@ class MemoryBank(nn.Module):
         self.start_step = int(start_step)
         self.weight = float(weight)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        self.register_buffer("embeddings", torch.zeros(self.capacity, self.dim, dtype=torch.float32, device=device))
+        self.register_buffer("embeddings", torch.zeros(self.capacity, *self.entry_shape, dtype=torch.float32, device=device))
         self.register_buffer("target_ids", torch.full((self.capacity,), EMPTY_ID, dtype=torch.long, device=device))
         self.register_buffer("steps", torch.zeros(self.capacity, dtype=torch.long, device=device))
         for counter in ("pointer", "num_enqueued", "num_rejected"):
@@ -153,6 +159,20 @@ class MemoryBank(nn.Module):
         self.last_selection = BankSelection()
 
     # ------------------------------------------------------------------ basic properties
+    @property
+    def entry_shape(self) -> tuple[int, ...]:
+        """``(D,)``, or ``(K, D)`` for token-level entries."""
+        return (self.dim,) if self.tokens_per_entry is None else (self.tokens_per_entry, self.dim)
+
+    def _check_rows(self, embeddings: torch.Tensor, rows: int | None, where: str) -> None:
+        expected = tuple(embeddings.shape[1:]) == self.entry_shape and (rows is None or embeddings.shape[0] == rows)
+        if not expected:
+            shape = ", ".join(["N" if rows is None else str(rows), *map(str, self.entry_shape)])
+            raise ValueError(f"MemoryBank.{where}: embeddings must have shape ({shape}), got {tuple(embeddings.shape)}")
+
+    def _finite_rows(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(embeddings).reshape(embeddings.shape[0], -1).all(dim=1)
+
     @property
     def device(self) -> torch.device:
         return self.embeddings.device
@@ -200,10 +220,7 @@ class MemoryBank(nn.Module):
             target_ids: ``(N,)`` non-negative integer target ids.
             step: the training step the embeddings were computed at.
         """
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(
-                f"MemoryBank.enqueue: embeddings must have shape (N, {self.dim}), got {tuple(embeddings.shape)}"
-            )
+        self._check_rows(embeddings, None, "enqueue")
         target_ids = target_ids.reshape(-1)
         if target_ids.shape[0] != embeddings.shape[0]:
             raise ValueError(
@@ -214,7 +231,7 @@ class MemoryBank(nn.Module):
         embeddings = embeddings.detach().to(device=self.device, dtype=torch.float32)
         target_ids = target_ids.detach().to(device=self.device, dtype=torch.long)
 
-        finite = torch.isfinite(embeddings).all(dim=1)
+        finite = self._finite_rows(embeddings)
         if not bool(finite.all()):
             rejected = int((~finite).sum())
             self.num_rejected += rejected
@@ -267,13 +284,9 @@ class MemoryBank(nn.Module):
         Returns how many entries were refreshed.
         """
         slots = slots.to(device=self.device, dtype=torch.long).reshape(-1)
-        if embeddings.ndim != 2 or embeddings.shape != (slots.numel(), self.dim):
-            raise ValueError(
-                f"MemoryBank.refresh: embeddings must have shape ({slots.numel()}, {self.dim}), "
-                f"got {tuple(embeddings.shape)}"
-            )
+        self._check_rows(embeddings, slots.numel(), "refresh")
         embeddings = embeddings.detach().to(device=self.device, dtype=torch.float32)
-        finite = torch.isfinite(embeddings).all(dim=1)
+        finite = self._finite_rows(embeddings)
         if not bool(finite.all()):
             logger.warning(
                 f"MemoryBank.refresh: skipped {int((~finite).sum())} re-encoded embeddings with non-finite values."
@@ -363,7 +376,11 @@ class MemoryBank(nn.Module):
         if positive_ids is None:
             positive_ids = torch.full((batch,), EMPTY_ID, dtype=torch.long, device=self.device)
         bank = self.embeddings.to(device=query_embeds.device, dtype=query_embeds.dtype)
-        logits = logit_scale * (query_embeds @ bank.T)
+        if self.tokens_per_entry is None:
+            similarities = query_embeds @ bank.T
+        else:  # token-level entries: the maximum over each entry's tokens, as the model scores targets
+            similarities = (query_embeds @ bank.reshape(-1, self.dim).T).view(batch, self.capacity, -1).amax(dim=2)
+        logits = logit_scale * similarities
         if self.age_decay is not None:
             log_weight = -self.ages(step).to(device=logits.device, dtype=logits.dtype) / self.age_decay
             logits = logits + log_weight.unsqueeze(0)
@@ -429,12 +446,17 @@ class MemoryBank(nn.Module):
         if missing:
             raise ValueError(f"MemoryBank.load_state_dict: missing keys {missing}; got keys {sorted(state)}")
         embeddings = state["embeddings"]
-        if embeddings.ndim != 2:
+        if embeddings.ndim != 1 + len(self.entry_shape):
             raise ValueError(
-                f"MemoryBank.load_state_dict: 'embeddings' must be 2-D (capacity, dim), got shape "
-                f"{tuple(embeddings.shape)}"
+                f"MemoryBank.load_state_dict: 'embeddings' must be {1 + len(self.entry_shape)}-D "
+                f"(capacity, {', '.join(map(str, self.entry_shape))}), got shape {tuple(embeddings.shape)}"
             )
-        saved_capacity, saved_dim = embeddings.shape
+        if tuple(embeddings.shape[1:-1]) != self.entry_shape[:-1]:
+            raise ValueError(
+                f"MemoryBank.load_state_dict: saved bank has {embeddings.shape[1]} tokens per entry, but this bank "
+                f"has {self.tokens_per_entry}"
+            )
+        saved_capacity, saved_dim = embeddings.shape[0], embeddings.shape[-1]
         if saved_dim != self.dim:
             raise ValueError(
                 f"MemoryBank.load_state_dict: saved bank has embedding dimension {saved_dim}, but this bank (and "
@@ -465,7 +487,7 @@ class MemoryBank(nn.Module):
         return (
             f"capacity={self.capacity}, dim={self.dim}, strategy={self.strategy!r}, k_min={self.k_min}, "
             f"k_max={self.k_max}, age_decay={self.age_decay}, max_age={self.max_age}, start_step={self.start_step}, "
-            f"weight={self.weight}, size={len(self)}"
+            f"weight={self.weight}, tokens_per_entry={self.tokens_per_entry}, size={len(self)}"
         )
 
 

@@ -273,3 +273,22 @@ def test_bank_weight_adds_log_weight_without_changing_the_selection():
     torch.testing.assert_close(logits[0.25][served], logits[1.0][served] + math.log(0.25))
     with pytest.raises(ValueError, match="weight"):
         MemoryBank(capacity=4, dim=4, weight=0.0)
+
+
+def test_token_level_entries_score_by_the_maximum_over_tokens_and_round_trip():
+    # Token-level targets (SPRC's scoring): an entry is K unit token features, its logit uses max_k q·e_k.
+    bank = MemoryBank(capacity=6, dim=4, strategy="fifo", age_decay=None, max_age=None, tokens_per_entry=3)
+    tokens = F.normalize(torch.randn(5, 3, 4), dim=-1)
+    assert bank.enqueue(tokens * 2.0, torch.arange(5), step=0) == 5  # re-normalised per token
+    query = F.normalize(torch.randn(2, 4), dim=-1)
+    logits = bank.negative_logits(query, 10.0, torch.tensor([0, 1]), step=1)
+    expected = 10.0 * torch.einsum("bd,nkd->bnk", query, tokens).amax(dim=2)
+    assert torch.allclose(logits[:, 2:5], expected[:, 2:5], atol=1e-5)
+    assert torch.isinf(logits[0, 0]) and torch.isinf(logits[1, 1]) and torch.isinf(logits[:, 5]).all()
+    restored = MemoryBank(capacity=6, dim=4, tokens_per_entry=3)
+    restored.load_state_dict(bank.state_dict())
+    assert torch.equal(restored.embeddings, bank.embeddings)
+    with pytest.raises(ValueError, match="tokens per entry"):
+        MemoryBank(capacity=6, dim=4, tokens_per_entry=2).load_state_dict(bank.state_dict())
+    with pytest.raises(ValueError, match=r"shape \(N, 3, 4\)"):
+        bank.enqueue(torch.randn(2, 4), torch.arange(2), step=2)
