@@ -1,6 +1,6 @@
 """MMAPS: multimodal attribute-aware product summarization as a native transformers model.
 
-Importing the package registers the classes with the Auto API (`AutoConfig` "mmaps", `AutoModelForSeq2SeqLM`,
+Importing the package registers the classes with the Auto API (`AutoConfig` "mmaps", `AutoModel` (the base `MMAPSModel`), `AutoModelForSeq2SeqLM`,
 `AutoProcessor`) and marks them for remote code, so `save_pretrained` writes an `auto_map` and copies the files a
 Hub repository needs. Only the three Hub files are imported for that; every other name below (trainer, data,
 metrics, presets) is imported on first use, so `import modeling_mmaps` loads neither `datasets` nor
@@ -13,7 +13,7 @@ the generate-then-score evaluator), `cli/` (`mmaps-train`, `mmaps-eval`, `mmaps-
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoProcessor
 
 from .configuration_mmaps import MMAPSConfig
 from .modeling_mmaps import MMAPSEncoderOutput, MMAPSForConditionalGeneration, MMAPSModel, MMAPSSeq2SeqLMOutput
@@ -21,9 +21,11 @@ from .processing_mmaps import MMAPSProcessor
 from .lazy_exports import lazy_exports
 
 AutoConfig.register("mmaps", MMAPSConfig, exist_ok=True)
+AutoModel.register(MMAPSConfig, MMAPSModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(MMAPSConfig, MMAPSForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(MMAPSConfig, MMAPSProcessor, exist_ok=True)
 MMAPSConfig.register_for_auto_class()
+MMAPSModel.register_for_auto_class("AutoModel")
 MMAPSForConditionalGeneration.register_for_auto_class("AutoModelForSeq2SeqLM")
 MMAPSProcessor.register_for_auto_class("AutoProcessor")
 

@@ -43,6 +43,27 @@ class MMAPSConfig(PreTrainedConfig):
         use_visual (`bool`): build the visual encoder, fusion and the three visual tasks.
         use_text_cls (`bool`): append a learned text [CLS] to the encoder input. With `use_visual=False` and
             `use_text_cls=False` the model computes exactly BART.
+
+    The original's forms (github KDEGroup/MMAPS), each selectable; the defaults are ours, for the reason given:
+        visual_encoder_style (`str`): `"mmaps"` (default): post-LN layers with GELU and no positions over
+            [CLS; regions] — the regions are an unordered set, their boxes already say where they are. `"original"`:
+            the original's `ImageTransformerEncoder`: input × √d, sinusoidal positions over [CLS; regions], ReLU
+            feed-forward (PyTorch's `TransformerEncoderLayer`), plus a region-order and an image-order embedding added
+            to each region (the original reads the region-order rows from the word-embedding table; here the table is
+            the visual encoder's own, so visual gradients never reach the word embeddings).
+        attribute_pooling (`str`): `"mean"` (default): masked mean of the text and fused states, so the logits do not
+            grow with the text length (CEPSUM inputs run from tens to 400 characters). `"sum"`: the original's sum.
+        contrastive_projection_dim (`int`, *optional*): width of the image–text contrast head (bias-free linear maps
+            of the two [CLS] vectors). Default `fusion_hidden_size` (256 in the original's fusion), ours; the
+            original uses `d_model` (768 → 768). With `contrastive_logit_scale_init`: ours log(1/0.07) (scale ≈ 14.3,
+            CLIP's), the original 1.0 (scale e ≈ 2.72).
+        alignment_loss_form (`str`): `"contrastive"` (default): `token_region_contrastive_loss` over the batch (a
+            collapsed encoder cannot satisfy it). `"original"`: the original's fine-grained Hausdorff *distance*
+            between each product's text states and its own regions (mapped by a d→d→d MLP), squared and averaged,
+            with padding masked on both sides (the original does not mask it — a bug not reproduced).
+        box_area_form (`str`): `"corrected"` (default): area = (x2 − x1)(y2 − y1) of an (x1, y1, x2, y2) box. The
+            original computes (b3 − b2)(b1 − b0), which for its (x1, y1, x2, y2) boxes is (y2 − x2)(y1 − x1): a
+            coordinate swap, a bug we fix. `"original"` reproduces it for comparisons.
     """
 
     model_type = "mmaps"
@@ -73,6 +94,11 @@ class MMAPSConfig(PreTrainedConfig):
     contrastive_logit_scale_init: float = math.log(1 / 0.07)
     use_visual: bool = True
     use_text_cls: bool = True
+    visual_encoder_style: str = "mmaps"
+    attribute_pooling: str = "mean"
+    contrastive_projection_dim: int | None = None
+    alignment_loss_form: str = "contrastive"
+    box_area_form: str = "corrected"
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = True
 
@@ -94,6 +120,18 @@ class MMAPSConfig(PreTrainedConfig):
             raise ValueError(f"MMAPSConfig.region_mask_ratio must be in (0, 1), got {self.region_mask_ratio}")
         if not 0.0 < self.attribute_threshold < 1.0:
             raise ValueError(f"MMAPSConfig.attribute_threshold must be in (0, 1), got {self.attribute_threshold}")
+        for name, allowed in (("visual_encoder_style", ("mmaps", "original")), ("attribute_pooling", ("mean", "sum")),
+                              ("alignment_loss_form", ("contrastive", "original")),
+                              ("box_area_form", ("corrected", "original"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MMAPSConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.contrastive_projection_dim is not None and self.contrastive_projection_dim <= 0:
+            raise ValueError(f"MMAPSConfig.contrastive_projection_dim must be > 0, got {self.contrastive_projection_dim}")
+        vision_type = getattr(self.vision_config, "model_type", None)
+        if vision_type == "siglip2_vision_model":
+            raise ValueError("MMAPSConfig.vision_config: Siglip2VisionConfig is not supported (its tower needs "
+                             "pixel_attention_mask and spatial_shapes, which MMAPS does not produce); use a SigLIP, CLIP, "
+                             "ViT or DINOv2 vision config")
         if self.num_attributes < 0:
             raise ValueError(f"MMAPSConfig.num_attributes must be >= 0, got {self.num_attributes}")
         if self.use_visual and self.visual_hidden_size % self.num_visual_attention_heads != 0:
@@ -101,6 +139,11 @@ class MMAPSConfig(PreTrainedConfig):
                 "MMAPSConfig.visual_hidden_size must be divisible by num_visual_attention_heads, got "
                 f"{self.visual_hidden_size} and {self.num_visual_attention_heads}"
             )
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        """The BART config: its `vocab_size` is the one the word embeddings use (so `resize_token_embeddings` and
+        generation read and update the right field)."""
+        return self.text_config
 
     @property
     def uses_pixels(self) -> bool:

@@ -17,6 +17,10 @@ of transformers' BART:
 Text encoder, visual encoder and fusion sit behind `get_encoder()`, so `generate()` runs them once per input and
 expands the result for beams. Products without an image are masked out of attention and of the visual losses.
 
+The original's forms of the visual transformer, attribute pooling, contrast head, fine-grained alignment and box area
+are configuration options (see `MMAPSConfig`). Value-dependent input checks (empty texts, boxes outside [0, 1]) run
+in eager mode only (`torch.compiler.is_compiling()`), so `torch.export` and `torch.compile` trace `forward` whole.
+
 Hub rule: this file is copied next to saved weights; it imports only siblings, torch and transformers.
 """
 
@@ -34,6 +38,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 from transformers.models.bart.modeling_bart import BartDecoder, BartEncoder, BartScaledWordEmbedding, shift_tokens_right
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_mmaps import MMAPSConfig
 
@@ -76,6 +81,8 @@ class MMAPSSeq2SeqModelOutput(ModelOutput):
     Args:
         last_hidden_state (`(B, T, D)`): decoder states.
         cache, decoder_hidden_states, decoder_attentions, cross_attentions: BART decoder's.
+        encoder_last_hidden_state (`(B, L, D)`): the fused states the decoder cross-attended to.
+        encoder_hidden_states, encoder_attentions: the BART text encoder's, when requested.
         encoder_outputs (`MMAPSEncoderOutput`): everything the encoder computed (fused, text, visual states, masks).
         encoder_ran (`bool`): whether the encoder ran in this call (False when `encoder_outputs` was passed in).
         attention_mask (`(B, L)`): the text mask the decoder cross-attended with.
@@ -86,6 +93,9 @@ class MMAPSSeq2SeqModelOutput(ModelOutput):
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_outputs: MMAPSEncoderOutput | None = None
     encoder_ran: bool | None = None
     attention_mask: torch.Tensor | None = None
@@ -184,8 +194,20 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def box_area(boxes: torch.Tensor, form: str = "corrected") -> torch.Tensor:
+    """Area of (x1, y1, x2, y2) boxes (…, 4) → (…). `"corrected"`: (x2 − x1)(y2 − y1). `"original"`: the original's
+    (b3 − b2)(b1 − b0), written for (x1, x2, y1, y2) boxes but fed (x1, y1, x2, y2) ones, i.e. (y2 − x2)(y1 − x1)."""
+    if form == "original":
+        return (boxes[..., 3] - boxes[..., 2]) * (boxes[..., 1] - boxes[..., 0])
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
 class MMAPSVisualLayer(nn.Module):
-    """Post-LN transformer layer (as torch's `TransformerEncoderLayer`, which the original uses), with SDPA."""
+    """Post-LN transformer layer with SDPA: h = LN(h + Attn(h)); h = LN(h + W₂ act(W₁ h)).
+
+    `act` is GELU (`visual_encoder_style="mmaps"`) or ReLU (`"original"`: the original uses PyTorch's
+    `TransformerEncoderLayer`, whose default activation is ReLU; this layer is written out, not PyTorch's).
+    """
 
     def __init__(self, config: MMAPSConfig) -> None:
         super().__init__()
@@ -198,6 +220,7 @@ class MMAPSVisualLayer(nn.Module):
         self.fc2 = nn.Linear(config.visual_intermediate_size, dim)
         self.output_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(config.visual_dropout)
+        self.activation = F.relu if config.visual_encoder_style == "original" else F.gelu
 
     def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """`key_mask` (B, N) bool: True for keys that may be attended (the [CLS] is always True)."""
@@ -209,8 +232,21 @@ class MMAPSVisualLayer(nn.Module):
         )
         attn = self.out_proj(attn.transpose(1, 2).reshape(batch, length, dim))
         hidden_states = self.attention_norm(hidden_states + self.dropout(attn))
-        ffn = self.fc2(self.dropout(F.gelu(self.fc1(hidden_states))))
+        ffn = self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
         return self.output_norm(hidden_states + self.dropout(ffn))
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The Transformer's sinusoidal table (length, dim): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...).
+
+    Computed on the fly (no buffer): a non-persistent buffer would come back as garbage from `from_pretrained`.
+    """
+    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : dim // 2]
+    return table.to(dtype)
 
 
 class MMAPSVisualEncoder(nn.Module):
@@ -218,6 +254,8 @@ class MMAPSVisualEncoder(nn.Module):
 
     Region mode: e = LN(W_f f) + LN(W_b [x1, y1, x2, y2, area]). Patch mode: a vision backbone
     (`AutoModel.from_config(vision_config)`) runs on pixels and e = LN(W_f patch).
+    `visual_encoder_style="original"` adds E_region[i] + E_image[0] to region i's embedding (region mode) and feeds
+    the layers √d · [CLS; e] + PE (sinusoidal) instead of [CLS; e].
     """
 
     def __init__(self, config: MMAPSConfig) -> None:
@@ -237,6 +275,13 @@ class MMAPSVisualEncoder(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(dim))
         self.dropout = nn.Dropout(config.visual_dropout)
         self.layers = nn.ModuleList([MMAPSVisualLayer(config) for _ in range(config.num_visual_layers)])
+        self.original_style = config.visual_encoder_style == "original"
+        self.box_area_form = config.box_area_form
+        if self.original_style and self.backbone is None:
+            self.region_order_embedding = nn.Embedding(config.max_regions, dim)
+            self.image_order_embedding = nn.Embedding(1, dim)
+        else:
+            self.region_order_embedding = self.image_order_embedding = None
 
     def embed(
         self,
@@ -251,15 +296,24 @@ class MMAPSVisualEncoder(nn.Module):
         # Pre-extracted features arrive in float32; a half-precision model needs them in its own dtype.
         dtype = next(self.feature_projection.parameters()).dtype
         visual_features, visual_boxes = visual_features.to(dtype), visual_boxes.to(dtype)
-        area = ((visual_boxes[..., 2] - visual_boxes[..., 0]) * (visual_boxes[..., 3] - visual_boxes[..., 1]))
+        area = box_area(visual_boxes, self.box_area_form)
         boxes = torch.cat([visual_boxes, area.unsqueeze(-1)], dim=-1)
-        return self.feature_projection(visual_features) + self.box_projection(boxes), visual_features
+        embeds = self.feature_projection(visual_features) + self.box_projection(boxes)
+        if self.region_order_embedding is not None:
+            order = torch.arange(embeds.shape[1], device=embeds.device)
+            embeds = embeds + self.region_order_embedding(order)[None] + self.image_order_embedding.weight[0]
+        return embeds, visual_features
 
     def encode(self, region_embeds: torch.Tensor, region_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer over [CLS; regions]; returns (CLS state (B, Dv), region states (B, R, Dv))."""
         batch = region_embeds.shape[0]
         cls = self.cls_embedding.to(region_embeds.dtype).expand(batch, 1, -1)
-        hidden_states = self.dropout(torch.cat([cls, region_embeds], dim=1))
+        hidden_states = torch.cat([cls, region_embeds], dim=1)
+        if self.original_style:
+            length, dim = hidden_states.shape[1:]
+            hidden_states = hidden_states * math.sqrt(dim) + sinusoidal_positions(
+                length, dim, hidden_states.device, hidden_states.dtype)[None]
+        hidden_states = self.dropout(hidden_states)
         key_mask = torch.cat([region_mask.new_ones(batch, 1), region_mask], dim=1).bool()
         for layer in self.layers:
             hidden_states = layer(hidden_states, key_mask)
@@ -307,6 +361,15 @@ class MMAPSGatedFusion(nn.Module):
         return fused, gate
 
 
+def _children_first(module: nn.Module) -> list[nn.Module]:
+    """`module` and all its sub-modules, each after its children (the order transformers initialises in)."""
+    ordered: list[nn.Module] = []
+    for child in module.children():
+        ordered.extend(_children_first(child))
+    ordered.append(module)
+    return ordered
+
+
 class MMAPSPreTrainedModel(PreTrainedModel):
     """Weight initialisation and capability flags shared by the MMAPS models."""
 
@@ -319,8 +382,24 @@ class MMAPSPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _keys_to_ignore_on_load_unexpected = ["encoder.version", "decoder.version"]
 
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """Save as transformers does; a remote-code save maps both Auto classes (`AutoModel` → `MMAPSModel`, the
+        base model as `AutoModel` gives `BartModel`; `AutoModelForSeq2SeqLM` → the summarizer) in `auto_map`."""
+        if getattr(type(self), "_auto_class", None) is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", "modeling_mmaps.MMAPSModel")
+            auto_map.setdefault("AutoModelForSeq2SeqLM", "modeling_mmaps.MMAPSForConditionalGeneration")
+            self.config.auto_map = auto_map
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.text_config.init_std
+        if isinstance(module, MMAPSVisualEncoder) and module.backbone is not None:
+            # The vision backbone is initialised by its own `_init_weights` (CLIP's per-layer stds, ...), children
+            # first as transformers does, on every path: `__init__` and `from_pretrained` (which otherwise gives its
+            # missing linear layers this model's text std) initialise it alike.
+            for sub in _children_first(module.backbone):
+                module.backbone._init_weights(sub)
         if isinstance(module, nn.Linear):
             zero_columns = getattr(module, "zero_init_input_columns", 0)
             if zero_columns and not getattr(module.weight, "_is_hf_initialized", False):
@@ -383,9 +462,10 @@ class MMAPSEncoder(nn.Module):
                 attention_mask = torch.ones(batch, length, dtype=torch.long, device=reference.device)
         if attention_mask.shape != (batch, length):
             raise ValueError(f"attention_mask: expected shape {(batch, length)}, got {tuple(attention_mask.shape)}")
-        empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"input_ids: example(s) {empty} have empty text (no attended token)")
+        if not torch.compiler.is_compiling():  # value-dependent: eager only, so export/compile trace forward whole
+            empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"input_ids: example(s) {empty} have empty text (no attended token)")
         limit = self.config.text_config.max_position_embeddings - int(self.config.use_text_cls)
         if length > limit:
             raise ValueError(f"input_ids: sequence length {length} exceeds the {limit} positions the encoder has")
@@ -427,7 +507,8 @@ class MMAPSEncoder(nn.Module):
                 raise ValueError("visual_boxes: required with visual_features, shape (batch, regions, 4), in [0, 1]")
             if visual_boxes.shape != (batch, n_regions, 4):
                 raise ValueError(f"visual_boxes: expected shape {(batch, n_regions, 4)}, got {tuple(visual_boxes.shape)}")
-            if visual_boxes.numel() and (visual_boxes.min() < 0 or visual_boxes.max() > 1):
+            if (not torch.compiler.is_compiling() and visual_boxes.numel()
+                    and (visual_boxes.min() < 0 or visual_boxes.max() > 1)):
                 raise ValueError(
                     "visual_boxes: coordinates must be normalised to [0, 1], got values in "
                     f"[{visual_boxes.min().item():.3g}, {visual_boxes.max().item():.3g}]")
@@ -491,19 +572,20 @@ class MMAPSEncoder(nn.Module):
             text_hidden_states=text_states, text_embeds=text_embeds,
         )
         if self.visual_encoder is None:
-            return output
+            return output if return_dict is not False else output.to_tuple()
 
         batch = text_states.shape[0]
         boxes, region_mask, image_mask = self._check_visual(
             batch, visual_features, visual_boxes, visual_attention_mask, pixel_values, image_mask, text_states.device)
-        if not bool(image_mask.any()):
-            # No image anywhere in the batch: the gate is closed for everyone, fused = W_r [h; 0] + h.
+        if not torch.compiler.is_compiling() and not bool(image_mask.any()):
+            # No image anywhere in the batch: the gate is closed for everyone, fused = W_r [h; 0] + h (the full path
+            # below computes the same, and is what a traced graph keeps).
             fused = self.fusion.residual(torch.cat(
                 [text_states, text_states.new_zeros(*text_states.shape[:2], self.config.fusion_hidden_size)], -1)
             ) + text_states
             output.last_hidden_state = fused
             output.image_mask = image_mask
-            return output
+            return output if return_dict is not False else output.to_tuple()
 
         region_embeds, region_targets = self.visual_encoder.embed(visual_features, boxes, pixel_values)
         if region_mask is None:  # patch mode: every patch of an imaged example is valid
@@ -518,7 +600,7 @@ class MMAPSEncoder(nn.Module):
         output.visual_attention_mask = region_mask
         output.image_mask = image_mask
         output.fusion_gate = gate
-        return output
+        return output if return_dict is not False else output.to_tuple()
 
 
 class MMAPSModel(MMAPSPreTrainedModel):
@@ -552,6 +634,7 @@ class MMAPSModel(MMAPSPreTrainedModel):
     def get_decoder(self) -> BartDecoder:
         return self.decoder
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -565,11 +648,21 @@ class MMAPSModel(MMAPSPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **visual_inputs: torch.Tensor | None,
-    ) -> MMAPSSeq2SeqModelOutput:
-        """Encode (unless `encoder_outputs` is given) and decode. `visual_inputs` are `MMAPSEncoder.forward`'s
-        visual arguments. Without decoder inputs, `input_ids` shifted right are decoded (BART's default)."""
+        return_dict: bool | None = None,
+        visual_features: torch.Tensor | None = None,
+        visual_boxes: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> MMAPSSeq2SeqModelOutput | tuple:
+        """Encode (unless `encoder_outputs` is given) and decode. The visual arguments are `MMAPSEncoder.forward`'s.
+        Without decoder inputs, `input_ids` shifted right are decoded (BART's default). `past_key_values` is the
+        deprecated name of `cache` (renamed with a warning, as BART does); other `kwargs` go to the decoder, as
+        BART's attention kwargs do, never to the encoder. `return_dict=False` (or `config.return_dict=False`) gives a
+        tuple of the non-None fields in order."""
         text = self.config.text_config
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("decoder_input_ids: pass `labels`, `decoder_input_ids` or `input_ids`")
@@ -578,10 +671,16 @@ class MMAPSModel(MMAPSPreTrainedModel):
         if encoder_ran:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                output_attentions=output_attentions, output_hidden_states=output_hidden_states, **visual_inputs,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                visual_features=visual_features, visual_boxes=visual_boxes, visual_attention_mask=visual_attention_mask,
+                pixel_values=pixel_values, image_mask=image_mask,
             )
         elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = MMAPSEncoderOutput(last_hidden_state=encoder_outputs[0])
+            encoder_outputs = MMAPSEncoderOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
         if attention_mask is None and input_ids is not None:
             attention_mask = input_ids.ne(text.pad_token_id).long()
         decoder_outputs = self.decoder(
@@ -590,17 +689,24 @@ class MMAPSModel(MMAPSPreTrainedModel):
             cache=cache, inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
             **({"output_attentions": True} if output_attentions else {}),
             **({"output_hidden_states": True} if output_hidden_states else {}),
+            **kwargs,
         )
-        return MMAPSSeq2SeqModelOutput(
+        output = MMAPSSeq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state, cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states, decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions, encoder_outputs=encoder_outputs,
-            encoder_ran=encoder_ran, attention_mask=attention_mask,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions,
+            encoder_outputs=encoder_outputs, encoder_ran=encoder_ran, attention_mask=attention_mask,
         )
+        return output if return_dict else output.to_tuple()
 
 
 class MMAPSAttributeHead(nn.Module):
-    """Multi-label attribute logits: W_4 (W_1 mean(h_text) + W_2 mean(h_fused) + W_3 h_cls) (+ dropout each term)."""
+    """Multi-label attribute logits: W_4 (W_1 pool(h_text) + W_2 pool(h_fused) + W_3 h_cls) (+ dropout each term).
+
+    pool = masked mean (`attribute_pooling="mean"`, default) or masked sum (`"sum"`, the original's).
+    """
 
     def __init__(self, config: MMAPSConfig) -> None:
         super().__init__()
@@ -610,10 +716,16 @@ class MMAPSAttributeHead(nn.Module):
         self.cls_projection = nn.Linear(dim, hidden, bias=False) if config.use_text_cls else None
         self.classifier = nn.Linear(hidden, config.num_attributes)
         self.dropout = nn.Dropout(config.text_config.dropout)
+        self.pooling = config.attribute_pooling
+
+    def _pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "sum":
+            return (states * attention_mask.to(states.dtype).unsqueeze(-1)).sum(1)
+        return masked_mean(states, attention_mask)
 
     def forward(self, encoder_outputs: MMAPSEncoderOutput, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = self.dropout(self.text_projection(masked_mean(encoder_outputs.text_hidden_states, attention_mask)))
-        pooled = pooled + self.dropout(self.fused_projection(masked_mean(encoder_outputs.last_hidden_state, attention_mask)))
+        pooled = self.dropout(self.text_projection(self._pool(encoder_outputs.text_hidden_states, attention_mask)))
+        pooled = pooled + self.dropout(self.fused_projection(self._pool(encoder_outputs.last_hidden_state, attention_mask)))
         if self.cls_projection is not None:
             pooled = pooled + self.dropout(self.cls_projection(encoder_outputs.text_embeds))
         return self.classifier(pooled)
@@ -664,6 +776,28 @@ def token_region_contrastive_loss(
     return 0.5 * (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets))
 
 
+def hausdorff_distance(
+    text_states: torch.Tensor, text_mask: torch.Tensor, region_states: torch.Tensor, region_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The original's fine-grained Hausdorff distance of each product's tokens to its own regions: (B, L, D), (B, R, D)
+    → (B,), with padding masked (the original takes padded tokens and regions into the max/min too).
+
+    With d(t, r) = ‖t̂ − r̂‖₂ between L2-normalised vectors, over valid tokens T and regions R:
+        h(T, R) = max_{t∈T} min_{r∈R} d(t, r),   h(R, T) = max_{r∈R} min_{t∈T} d(t, r),   H = max(h(T, R), h(R, T)).
+    The original's loss is mean_B H².
+    """
+    t = F.normalize(text_states, dim=-1)
+    r = F.normalize(region_states, dim=-1)
+    distance = (t[:, :, None, :] - r[:, None, :, :]).norm(dim=-1)  # (B, L, R)
+    text_valid, region_valid = text_mask.bool(), region_mask.bool()
+    far = distance.new_tensor(torch.finfo(distance.dtype).max)
+    nearest_region = distance.masked_fill(~region_valid[:, None, :], far).min(-1).values  # (B, L)
+    text_to_region = nearest_region.masked_fill(~text_valid, 0.0).max(-1).values
+    nearest_token = distance.masked_fill(~text_valid[:, :, None], far).min(1).values  # (B, R)
+    region_to_text = nearest_token.masked_fill(~region_valid, 0.0).max(-1).values
+    return torch.maximum(text_to_region, region_to_text)
+
+
 def image_text_contrastive_loss(text_latents: torch.Tensor, image_latents: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE: s = exp(τ) · t̂ îᵀ; L = ½ [CE(s, diag) + CE(sᵀ, diag)]."""
     logits = logit_scale.exp() * F.normalize(text_latents, dim=-1) @ F.normalize(image_latents, dim=-1).t()
@@ -701,15 +835,22 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         self.attribute_head = MMAPSAttributeHead(config) if config.num_attributes > 0 else None
         if config.use_visual:
             visual = config.visual_hidden_size
-            self.text_projection = nn.Linear(text.d_model, config.fusion_hidden_size, bias=False)
-            self.image_projection = nn.Linear(visual, config.fusion_hidden_size, bias=False)
+            contrast_dim = config.contrastive_projection_dim or config.fusion_hidden_size
+            self.text_projection = nn.Linear(text.d_model, contrast_dim, bias=False)
+            self.image_projection = nn.Linear(visual, contrast_dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(float(config.contrastive_logit_scale_init)))
-            # Fine-grained alignment compares tokens and regions on their own heads (region MLP as in the original,
-            # plus a text head), not the raw text states the decoder reads: the alignment geometry need not be the
-            # summarizer's, so the two tasks do not fight over the same coordinates.
-            self.alignment_projection = nn.Sequential(nn.Linear(visual, text.d_model), nn.ReLU(),
-                                                      nn.Linear(text.d_model, config.fusion_hidden_size))
-            self.alignment_text_projection = nn.Linear(text.d_model, config.fusion_hidden_size, bias=False)
+            if config.alignment_loss_form == "original":
+                # The original's vis2text MLP maps regions into the text space; tokens are the raw text states.
+                self.alignment_projection = nn.Sequential(nn.Linear(visual, text.d_model), nn.ReLU(),
+                                                          nn.Linear(text.d_model, text.d_model))
+                self.alignment_text_projection = None
+            else:
+                # Fine-grained alignment compares tokens and regions on their own heads (region MLP as in the
+                # original, plus a text head), not the raw text states the decoder reads: the alignment geometry need
+                # not be the summarizer's, so the two tasks do not fight over the same coordinates.
+                self.alignment_projection = nn.Sequential(nn.Linear(visual, text.d_model), nn.ReLU(),
+                                                          nn.Linear(text.d_model, config.fusion_hidden_size))
+                self.alignment_text_projection = nn.Linear(text.d_model, config.fusion_hidden_size, bias=False)
             self.alignment_logit_scale = nn.Parameter(torch.tensor(float(config.contrastive_logit_scale_init)))
             feature_dim = self.model.encoder.visual_encoder.feature_dim
             self.region_feature_head = MMAPSRegionHead(visual, feature_dim, config.visual_dropout)
@@ -769,6 +910,7 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         return probs, (probs > threshold).long()
 
     # -- forward ---------------------------------------------------------------------------------------------------
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -805,9 +947,11 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
                 right behind `decoder_start_token_id`.
             attribute_labels (`(B, num_attributes)`): multi-hot attribute targets.
             return_auxiliary_losses: run the alignment/contrastive/region tasks (default: when `labels` is given).
+            return_dict: `False` (or `config.return_dict=False`) gives a tuple of the non-None output fields in order.
+            past_key_values: the deprecated name of `cache` (renamed with a warning, as BART does). Other `kwargs` go
+                to the BART decoder (attention kwargs), never to the encoder.
         """
-        if "past_key_values" in kwargs:  # the pre-5.x name of `cache`
-            cache = kwargs.pop("past_key_values")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         text = self.config.text_config
         if labels is not None:
             use_cache = False
@@ -819,7 +963,7 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             visual_features=visual_features, visual_boxes=visual_boxes, visual_attention_mask=visual_attention_mask,
-            pixel_values=pixel_values, image_mask=image_mask,
+            pixel_values=pixel_values, image_mask=image_mask, return_dict=True, **kwargs,
         )
         encoder_outputs, encoder_ran, attention_mask = outputs.encoder_outputs, outputs.encoder_ran, outputs.attention_mask
         hidden = outputs.last_hidden_state
@@ -845,7 +989,7 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             if value is not None:
                 total = weights[name] * value if total is None else total + weights[name] * value
 
-        return MMAPSSeq2SeqLMOutput(
+        output = MMAPSSeq2SeqLMOutput(
             loss=total, logits=logits, attribute_logits=attribute_logits, **losses,
             cache=outputs.cache, decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions, cross_attentions=outputs.cross_attentions,
@@ -854,6 +998,7 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             text_embeds=getattr(encoder_outputs, "text_embeds", None),
             image_embeds=getattr(encoder_outputs, "image_embeds", None),
         )
+        return output if return_dict else output.to_tuple()
 
     # -- losses ----------------------------------------------------------------------------------------------------
     def _task_losses(
@@ -885,7 +1030,12 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
             return losses
         text_mask = attention_mask[has_image]
         region_mask = encoder_outputs.visual_attention_mask[has_image]
-        if config.alignment_loss_weight > 0 and int(has_image.sum()) >= 2:
+        if config.alignment_loss_weight > 0 and config.alignment_loss_form == "original":
+            distance = hausdorff_distance(
+                encoder_outputs.text_hidden_states[has_image], text_mask,
+                self.alignment_projection(encoder_outputs.visual_hidden_states[has_image]), region_mask)
+            losses["alignment_loss"] = (distance.float() ** 2).mean()
+        elif config.alignment_loss_weight > 0 and int(has_image.sum()) >= 2:
             losses["alignment_loss"] = token_region_contrastive_loss(
                 self.alignment_text_projection(encoder_outputs.text_hidden_states[has_image]), text_mask,
                 self.alignment_projection(encoder_outputs.visual_hidden_states[has_image]), region_mask,
@@ -957,5 +1107,5 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         return model.to(bart.dtype)
 
 
-__all__ = ["MMAPSEncoder", "token_region_contrastive_loss", "token_region_similarity", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
+__all__ = ["MMAPSEncoder", "box_area", "hausdorff_distance", "sinusoidal_positions", "token_region_contrastive_loss", "token_region_similarity", "MMAPSEncoderOutput", "MMAPSForConditionalGeneration", "MMAPSModel",
            "MMAPSPreTrainedModel", "MMAPSSeq2SeqLMOutput", "MMAPSSeq2SeqModelOutput"]

@@ -158,8 +158,10 @@ def _tiny_vocabulary() -> list[str]:
     return tokens[:TINY_VOCAB_SIZE]
 
 
-def preset_processor(name: str = "tiny", *, tokens: Sequence[str] | None = None, **kwargs: Any) -> MMAPSProcessor:
-    """The ``MMAPSProcessor`` of preset ``name``: a BERT-style character tokenizer and a CLIP PIL image processor.
+def preset_processor(name: str = "tiny", *, tokens: Sequence[str] | None = None, vision_config: Any = None,
+                     **kwargs: Any) -> MMAPSProcessor:
+    """The ``MMAPSProcessor`` of preset ``name``: a BERT-style character tokenizer (character-level input) and the
+    PIL image processor of the vision backbone (``vision_config``; default the preset's tiny CLIP tower).
 
     Args:
         tokens: the character vocabulary (e.g. read off a training set); default the tiny 128-token vocabulary
@@ -173,7 +175,12 @@ def preset_processor(name: str = "tiny", *, tokens: Sequence[str] | None = None,
             raise ValueError(f"preset {name!r} has {preset.text['vocab_size']} tokens, the built-in character "
                              f"vocabulary {TINY_VOCAB_SIZE}: pass tokens= or load the checkpoint's processor")
         tokens = _tiny_vocabulary()
-    return MMAPSProcessor.from_vocabulary(tokens, **{**preset.processor, **kwargs})
+    settings = {**preset.processor, **kwargs}
+    if vision_config is None:
+        vision_config = preset.vision or {"model_type": "clip_vision_model"}
+    elif "image_size" not in kwargs:
+        settings["image_size"] = None  # a backbone of its own: its own resolution
+    return MMAPSProcessor.from_vocabulary(tokens, vision_config=vision_config, **settings)
 
 
 def preset_model(
@@ -194,7 +201,8 @@ def preset_model(
     Args:
         tokens: the character vocabulary (e.g. ``character_vocabulary(texts)``); default the tiny vocabulary.
         attribute_vocabulary: attribute words; ``num_attributes`` follows it (default: the preset's, no words).
-        visual_input: as in :func:`preset_config`.
+        visual_input: as in :func:`preset_config`; with images, the processor's image processor is the backbone's own
+            (CLIP, SigLIP, ViT, DINOv2: resolution, mean/std).
         image_size: side of the images (processor and vision backbone); default the preset's.
         max_source_length / max_target_length: the processor's token limits; default the preset's.
         overrides: more :func:`preset_config` arguments.
@@ -206,6 +214,8 @@ def preset_model(
     if attribute_vocabulary is not None:
         processor_kwargs["attribute_vocabulary"] = list(attribute_vocabulary)
         overrides.setdefault("num_attributes", len(attribute_vocabulary))
+    if visual_input != "regions" and overrides.get("vision_config") is not None:
+        processor_kwargs["vision_config"] = overrides["vision_config"]
     processor = preset_processor(name, tokens=tokens, **processor_kwargs)
     overrides.setdefault("text_vocab_size", len(processor.tokenizer))
     overrides.setdefault("text_max_position_embeddings",

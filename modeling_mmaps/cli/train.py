@@ -88,9 +88,12 @@ def _load_model(model_args: ModelArguments, data_args: DataArguments, train_data
         model = MMAPSForConditionalGeneration.from_bart_pretrained(
             model_args.model_name_or_path, num_attributes=len(attribute_vocabulary)
         )
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
         processor = MMAPSProcessor(
-            image_processor=CLIPImageProcessorPil(), tokenizer=AutoTokenizer.from_pretrained(model_args.model_name_or_path),
-            attribute_vocabulary=attribute_vocabulary,
+            image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer, attribute_vocabulary=attribute_vocabulary,
+            # A BERT-style vocabulary (fnlp/bart-base-chinese) is a character vocabulary: feed it characters, as the
+            # original does; a BPE tokenizer (facebook/bart-base) keeps its own segmentation.
+            character_level=type(tokenizer).__name__.startswith("Bert"),
         )
         return model, processor
     from transformers import AutoModelForSeq2SeqLM, AutoProcessor
