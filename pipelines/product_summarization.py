@@ -124,18 +124,27 @@ class ProductSummarizationPipeline(Pipeline):
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         generate_kwargs = dict(generate_kwargs or {})
+        input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
         visual_inputs = {k: v for k, v in model_inputs.items() if k not in ("input_ids", "attention_mask")}
         if model_inputs.get("image_mask") is not None and not bool(model_inputs["image_mask"].any()):
             # No product of the batch has an image: leave the visual inputs out entirely.
             visual_inputs = {}
-        generated = self.model.generate(
-            input_ids=model_inputs["input_ids"], attention_mask=model_inputs["attention_mask"], **visual_inputs, **generate_kwargs
-        )
+        wants_attributes = bool(getattr(self.model.config, "num_attributes", 0))
+        if hasattr(self.model, "get_attribute_logits") and "encoder_outputs" not in generate_kwargs:
+            # One encoder pass (BART encoder, visual side, fusion) serves both the summary and the attributes:
+            # generate() reuses `encoder_outputs` (expanding it for beams) instead of encoding again.
+            encoder_outputs = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, **visual_inputs)
+            probabilities = None
+            if wants_attributes:
+                # Before generate(): its beam expansion may rewrite the encoder output's fields in place.
+                probabilities = torch.sigmoid(self.model.get_attribute_logits(encoder_outputs, attention_mask))
+            generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                            encoder_outputs=encoder_outputs, **generate_kwargs)
+            return {"generated": generated, "attribute_probabilities": probabilities}
+        generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **visual_inputs, **generate_kwargs)
         probabilities = None
-        if getattr(self.model.config, "num_attributes", 0) and hasattr(self.model, "predict_attributes"):
-            probabilities, _ = self.model.predict_attributes(
-                model_inputs["input_ids"], model_inputs["attention_mask"], **visual_inputs
-            )
+        if wants_attributes and hasattr(self.model, "predict_attributes"):
+            probabilities, _ = self.model.predict_attributes(input_ids, attention_mask, **visual_inputs)
         return {"generated": generated, "attribute_probabilities": probabilities}
 
     def postprocess(
