@@ -382,31 +382,21 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
             raise ValueError(f"`{name}attention_mask` masks every token of rows {empty}: empty text.")
         return input_ids, attention_mask
 
-    def _encode_query(
+    def _encode(
         self,
+        tower: CSMCIRQFormerTower | "CSMCIRModel",
         pixel_values: torch.Tensor | None,
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         image_embeds: torch.Tensor | None,
+        text_required: bool,
         **output_flags: Any,
     ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None, BaseModelOutputWithPoolingAndCrossAttentions]:
+        """One side of the dual tower: its embeddings, the vision tower's output and the Q-Former's. Queries and
+        captioned targets take the same joint pass; only targets may come without text (image-only)."""
         image_embeds, vision_outputs = self._resolve_image_embeds(pixel_values, image_embeds, "", **output_flags)
-        if input_ids is None:
+        if input_ids is None and text_required:
             raise ValueError("`input_ids` is missing: a composed query needs the modification text.")
-        input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
-        embeds, qformer_outputs = _fused_features(self, image_embeds, input_ids, attention_mask, **output_flags)
-        return embeds, vision_outputs, qformer_outputs
-
-    def _encode_target(
-        self,
-        pixel_values: torch.Tensor | None,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        image_embeds: torch.Tensor | None,
-        **output_flags: Any,
-    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None, BaseModelOutputWithPoolingAndCrossAttentions]:
-        image_embeds, vision_outputs = self._resolve_image_embeds(pixel_values, image_embeds, "", **output_flags)
-        tower = self._target_tower
         if input_ids is not None:
             input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
             embeds, qformer_outputs = _fused_features(tower, image_embeds, input_ids, attention_mask, **output_flags)
@@ -426,7 +416,7 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
 
         q = normalize(W_text · QFormer([query_tokens; embed(text)], cross-attending to ViT(reference))[CLS_text])
         """
-        return self._encode_query(pixel_values, input_ids, attention_mask, image_embeds)[0]
+        return self._encode(self, pixel_values, input_ids, attention_mask, image_embeds, text_required=True)[0]
 
     def get_target_features(
         self,
@@ -440,7 +430,9 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         With a caption (`input_ids`), exactly the query computation on (target image, caption): the symmetric
         tower. Without one, image only: t = normalize(pool_k normalize(W_vision · QFormer(query_tokens, ViT)_k)).
         """
-        return self._encode_target(pixel_values, input_ids, attention_mask, image_embeds)[0]
+        return self._encode(
+            self._target_tower, pixel_values, input_ids, attention_mask, image_embeds, text_required=False
+        )[0]
 
     def get_image_token_features(
         self, pixel_values: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None
@@ -490,13 +482,14 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
                 self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
             ),
         }
-        query_embeds, query_vision, query_qformer = self._encode_query(
-            pixel_values, input_ids, attention_mask, image_embeds, **output_flags
+        query_embeds, query_vision, query_qformer = self._encode(
+            self, pixel_values, input_ids, attention_mask, image_embeds, text_required=True, **output_flags
         )
         if target_pixel_values is None and target_image_embeds is None:
             raise ValueError("`target_pixel_values` is missing: the forward pass scores queries against targets.")
-        target_embeds, target_vision, target_qformer = self._encode_target(
-            target_pixel_values, target_input_ids, target_attention_mask, target_image_embeds, **output_flags
+        target_embeds, target_vision, target_qformer = self._encode(
+            self._target_tower, target_pixel_values, target_input_ids, target_attention_mask, target_image_embeds,
+            text_required=False, **output_flags,
         )
         if target_embeds.shape[0] != query_embeds.shape[0]:
             raise ValueError(
