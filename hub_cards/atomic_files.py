@@ -47,8 +47,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     gets normal permissions and is fsynced before the rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError as err:
+        # Name the file the user asked for, not the temporary name beside it.
+        raise PermissionError(
+            f"cannot write {str(path)!r}: its folder {str(path.parent)!r} is not writable ({err.strerror})"
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -72,8 +78,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     resolved first, so ``"."`` stages in the real parent folder rather than inside the folder it replaces.
     """
     path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".staging"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".staging"))
+    except PermissionError as err:
+        raise PermissionError(
+            f"cannot write folder {str(path)!r}: {str(path.parent)!r} is not writable ({err.strerror})"
+        ) from None
     os.chmod(staging, 0o777 & ~_current_umask())  # mkdtemp's folders are 0700; a saved model is read by others
     try:
         yield staging

@@ -5,8 +5,9 @@ Two ways in, one card writer (:func:`write_training_card`):
 * ``HubCardTrainerMixin`` goes first in a trainer's bases (``class CSMCIRTrainer(HubCardTrainerMixin, Trainer)``)
   and overrides two ``Trainer`` methods:
 
-  * ``save_model`` — after the weights are saved (final save and every checkpoint), writes ``training_args.json``
-    (a card written later for the folder reports them) and, once an evaluation has produced metrics (the latest
+  * ``save_model`` — after the weights are saved (final save and every checkpoint), replaces the pickled
+    ``training_args.bin`` by ``training_args.json`` without credentials (a card written later for the folder reports
+    them; a folder uploaded as is holds no pickle and no token) and, once an evaluation has produced metrics (the latest
     ``eval_*`` entry of ``state.log_history``), ``README.md``; a card without numbers is not written over whatever
     README the folder has;
   * ``create_model_card`` — called by ``Trainer.push_to_hub``: writes our card instead of the generic draft, so
@@ -115,10 +116,12 @@ class HubCardTrainerMixin:
         # that fails to render must not lose a training run whose weights are already on disk: warn instead.
         # The arguments are saved as JSON too, so a card written later for this folder (csmcir-eval, the demo)
         # still reports the training settings: training_args.bin is a pickle the card does not read.
+        # Trainer pickles its arguments (hub_token included) as training_args.bin into every saved folder; it is
+        # replaced by training_args.json without credentials here, before anything else can fail.
         super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            save_training_arguments(self.args, output_dir or self.args.output_dir)
         try:
-            if self.args.should_save:
-                save_training_arguments(self.args, output_dir or self.args.output_dir)
             write_trainer_card(self, output_dir, require_metrics=True)
         except Exception as err:  # noqa: BLE001 - see the comment above
             _warn_card_failure(output_dir or self.args.output_dir, err)

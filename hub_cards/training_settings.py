@@ -4,9 +4,9 @@ The card lists what someone reproducing the run needs: optimiser and schedule, b
 seed, precision, and this package's own arguments (the memory bank's ``bank_*`` settings of
 ``CSMCIRTrainingArguments``; MMAPS's decoding ``generation_*`` and ``summary_language``), plus what the run did
 (steps taken, final training loss, best checkpoint metric) from ``trainer_state.json``.
-``training_args.bin`` is a pickle and is not read (it would need ``torch.load(weights_only=False)``): trainers built on
-``HubCardTrainerMixin`` save their arguments as ``training_args.json`` beside it (:func:`save_training_arguments`),
-so a card written later for that folder still reports them.
+``training_args.bin`` is a pickle (and holds ``--hub_token`` in clear) and is never read: trainers built on
+``HubCardTrainerMixin`` save their arguments as ``training_args.json`` instead, credentials removed, and delete the
+pickle from every folder they save (:func:`save_training_arguments`), so the folder a user uploads holds neither.
 """
 
 from __future__ import annotations
@@ -119,9 +119,27 @@ def read_training_settings(training_args: Any = None, trainer_state: Any = None)
     return settings
 
 
+#: Argument names that may hold a credential: their values are never written (``hub_token``, ``push_to_hub_token``...).
+SECRET_ARGUMENT_MARKERS = ("token", "secret", "password", "api_key", "credential")
+#: What ``Trainer`` pickles into every saved folder; a published folder must hold no pickle (and no token).
+PICKLED_TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def training_arguments_without_secrets(training_args: Any) -> dict[str, Any]:
+    """``training_args`` as a JSON-ready dict with every argument that may hold a credential removed."""
+    arguments = _arguments_as_dict(training_args)
+    return {key: value for key, value in arguments.items()
+            if not any(marker in key.lower() for marker in SECRET_ARGUMENT_MARKERS)}
+
+
 def save_training_arguments(training_args: Any, output_dir: str | os.PathLike) -> Path:
-    """Write ``training_args.to_json_string()`` (tokens masked by ``TrainingArguments``) to ``output_dir/training_args.json``."""
-    return write_text_atomically(Path(output_dir) / TRAINING_ARGS_NAME, training_args.to_json_string())
+    """Write the training arguments as JSON, credentials removed, to ``output_dir/training_args.json``, and delete the
+    pickled ``training_args.bin`` that ``Trainer`` saves beside it (a pickle, holding ``hub_token`` in clear)."""
+    output_dir = Path(output_dir)
+    text = json.dumps(training_arguments_without_secrets(training_args), indent=2, sort_keys=True, default=str)
+    path = write_text_atomically(output_dir / TRAINING_ARGS_NAME, text + "\n")
+    (output_dir / PICKLED_TRAINING_ARGS_NAME).unlink(missing_ok=True)
+    return path
 
 
 def latest_eval_metrics(log_history: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -132,5 +150,6 @@ def latest_eval_metrics(log_history: list[dict[str, Any]] | None) -> dict[str, A
     return None
 
 
-__all__ = ["TRAINER_STATE_NAME", "TRAINING_ARGS_NAME", "latest_eval_metrics", "read_training_settings",
-           "save_training_arguments"]
+__all__ = ["PICKLED_TRAINING_ARGS_NAME", "SECRET_ARGUMENT_MARKERS", "TRAINER_STATE_NAME", "TRAINING_ARGS_NAME",
+           "latest_eval_metrics", "read_training_settings", "save_training_arguments",
+           "training_arguments_without_secrets"]

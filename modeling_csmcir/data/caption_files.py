@@ -29,6 +29,8 @@ from transformers.utils import logging
 
 from hub_cards.atomic_files import write_json_atomically
 
+from .paths import parse_json_text
+
 
 logger = logging.get_logger(__name__)
 
@@ -79,15 +81,12 @@ def _read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"caption file {str(path)!r} does not exist")
     try:
-        with path.open(encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
+        data = parse_json_text(path.read_bytes(), path)
+    except ValueError as err:
+        message = str(err).replace(": malformed JSON at line ", ": not valid JSON (line ", 1)
         raise ValueError(
-            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
-            "expected an object {image_name: caption or {..., 'Final_Caption': caption}}"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err}); expected a JSON caption file") from err
+            f"{message}; expected an object {{image_name: caption or {{..., 'Final_Caption': caption}}}}"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(
             f"{path}: top-level JSON value is a {_type_name(data)} "

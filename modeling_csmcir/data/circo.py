@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasets import DatasetDict, Value
 
-from .paths import check_choice, check_images_exist, read_json, require_keys
+from .paths import check_choice, check_images_exist, read_json, require_keys, require_str, require_str_list, resolve_inside
 from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
@@ -38,10 +38,18 @@ def load_circo(
         raise ValueError(f"{annotation_file}: expected a JSON list of queries; got {type(entries).__name__}")
     if not isinstance(info, Mapping) or not isinstance(info.get("images"), list):
         raise ValueError(f"{info_file}: expected an object with an 'images' list")
+    if not entries:
+        raise ValueError(f"{annotation_file}: the split has no queries (an empty list); expected at least one")
     gallery_paths = {}
+    image_folder = coco / "unlabeled2017"
     for i, image in enumerate(info["images"]):
         require_keys(image, ("id", "file_name"), info_file, i)
-        gallery_paths[str(image["id"])] = str(coco / "unlabeled2017" / image["file_name"])
+        where = f"{info_file}: image {i}"
+        image_id = require_str(image, "id", where)
+        if image_id in gallery_paths:
+            raise ValueError(f"{where}: image id {image_id!r} appears twice; expected unique ids")
+        gallery_paths[image_id] = resolve_inside(image_folder, require_str(image, "file_name", where),
+                                                 source=info_file, entry=f"image {image_id!r}")
     check_images_exist(gallery_paths, str(info_file))
 
     required = ("id", "reference_img_id", "relative_caption", "shared_concept") + (
@@ -50,20 +58,24 @@ def load_circo(
     queries = []
     for i, entry in enumerate(entries):
         require_keys(entry, required, annotation_file, i)
-        ref = str(entry["reference_img_id"])
-        target = str(entry.get("target_img_id") or "")
-        gt = [str(g) for g in entry.get("gt_img_ids", []) if str(g) != ""]
+        where = f"{annotation_file}: query {entry['id']!r} (entry {i})"
+        ref = require_str(entry, "reference_img_id", where)
+        if split != "test":
+            target = require_str(entry, "target_img_id", where)
+            gt = [g for g in require_str_list(entry["gt_img_ids"], "gt_img_ids", where) if g != ""]
+        else:
+            target, gt = str(entry.get("target_img_id") or ""), []
         queries.append(
             query_row(
                 gallery_paths,
-                where=f"{annotation_file}: query {entry['id']}",
+                where=where,
                 listed_in=str(info_file),
-                query_id=str(entry["id"]),
+                query_id=require_str(entry, "id", where),
                 reference_id=ref,
-                modification_text=str(entry["relative_caption"]),
+                modification_text=require_str(entry, "relative_caption", where),
                 target_id=target,
                 gt_ids=gt,
-                shared_concept=str(entry["shared_concept"]),
+                shared_concept=require_str(entry, "shared_concept", where, allow_empty=True),
             )
         )
     return build_cir_dataset(

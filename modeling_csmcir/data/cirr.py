@@ -15,7 +15,16 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .paths import check_choice, check_images_exist, read_json, require_keys
+from .paths import (
+    check_choice,
+    check_images_exist,
+    check_relative_name,
+    read_json,
+    require_keys,
+    require_str,
+    require_str_list,
+    resolve_inside,
+)
 from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
@@ -62,9 +71,12 @@ def find_cirr_split(
     Relative paths resolve against ``image_root`` when given, else the first of the layout root, the folder above
     it and their ``img_raw`` sub-folders in which the split's first image exists.
 
+    Every path must stay inside the image folder (``hub_cards.safe_paths``: no absolute path, no ``..`` out, no
+    symlink out), unless ``ALLOW_PATHS_OUTSIDE_DATASET=1``.
+
     Raises:
-        ValueError: if neither candidate holds the split file, or the split file is not a non-empty object
-            ``{image_name: relative_path}``.
+        ValueError: if neither candidate holds the split file, the split file is not a non-empty object
+            ``{image_name: relative_path}``, or a path leaves the image folder (naming the file, image and path).
     """
     candidates = [root / "image_splits" for root in _layout_roots(Path(dataset_root))]
     name = f"split.rc2.{split}.json"
@@ -74,9 +86,19 @@ def find_cirr_split(
             f"no CIRR split file {name} under {[str(c) for c in candidates]} (expected a CIRR-layout dataset root)"
         )
     mapping = read_json(split_file)
-    if not isinstance(mapping, Mapping) or not mapping or not all(isinstance(v, str) for v in mapping.values()):
-        raise ValueError(f"{split_file}: expected a non-empty JSON object {{image_name: relative_path}}")
+    if not isinstance(mapping, Mapping) or not mapping:
+        got = "an empty object" if isinstance(mapping, Mapping) else f"a JSON {type(mapping).__name__}"
+        raise ValueError(f"{split_file}: expected a non-empty JSON object {{image_name: relative_path}}; got {got}")
+    bad = next(((n, v) for n, v in mapping.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise ValueError(
+            f"{split_file}: image {bad[0]!r} maps to {type(bad[1]).__name__} {bad[1]!r}; expected a relative path string"
+        )
     root = split_file.parent.parent
+    # Refuse absolute and climbing paths before any candidate folder is probed with them.
+    for n, rel in mapping.items():
+        check_relative_name(rel, root=image_root if image_root is not None else root, source=split_file,
+                            entry=f"image {n!r}")
     if image_root is not None:
         searched = (Path(image_root),)
         image_base, located = searched[0], True
@@ -85,7 +107,8 @@ def find_cirr_split(
         probe = next(iter(mapping.values()))
         found = next((r for r in searched if (r / probe).is_file()), None)
         image_base, located = (found, True) if found is not None else (root, False)
-    image_paths = {str(n): os.path.normpath(str(image_base / rel)) for n, rel in mapping.items()}
+    image_paths = {str(n): resolve_inside(image_base, rel, source=split_file, entry=f"image {n!r}")
+                   for n, rel in mapping.items()}
     return CIRRSplit(root, split_file, image_base, located, searched, image_paths)
 
 
@@ -104,25 +127,35 @@ def load_cirr(
     entries = read_json(caption_file)
     if not isinstance(entries, list):
         raise ValueError(f"{caption_file}: expected a JSON list of pairs; got {type(entries).__name__}")
+    if not entries:
+        raise ValueError(f"{caption_file}: the split has no pairs (an empty list); expected at least one")
     check_images_exist(gallery_paths, str(split_file))
 
     required = ("pairid", "reference", "caption", "img_set") + (("target_hard",) if split != "test1" else ())
     queries = []
     for i, entry in enumerate(entries):
         require_keys(entry, required, caption_file, i)
-        ref = str(entry["reference"])
-        target = str(entry.get("target_hard") or "")
-        members = entry["img_set"].get("members", []) if isinstance(entry["img_set"], Mapping) else []
+        where = f"{caption_file}: pair {entry['pairid']!r} (entry {i})"
+        pair_id = require_str(entry, "pairid", where)
+        ref = require_str(entry, "reference", where)
+        # A split with targets needs every target: one empty target would make the split look hidden-target.
+        target = require_str(entry, "target_hard", where) if split != "test1" else str(entry.get("target_hard") or "")
+        img_set = entry["img_set"]
+        if not isinstance(img_set, Mapping) or "members" not in img_set:
+            raise ValueError(
+                f"{where}: field 'img_set' is {type(img_set).__name__} {img_set!r}; expected an object "
+                "{'id': ..., 'members': [image names]} (Recall_subset needs it)"
+            )
         queries.append(
             query_row(
                 gallery_paths,
-                where=f"{caption_file}: pair {entry['pairid']}",
+                where=where,
                 listed_in=str(split_file),
-                query_id=str(entry["pairid"]),
+                query_id=pair_id,
                 reference_id=ref,
-                modification_text=str(entry["caption"]),
+                modification_text=require_str(entry, "caption", where),
                 target_id=target,
-                img_set=[str(m) for m in members],
+                img_set=require_str_list(img_set["members"], "img_set.members", where),
             )
         )
     return build_cir_dataset(queries, gallery_paths, target_captions, f"CIRR {split}")

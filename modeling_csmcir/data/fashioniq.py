@@ -16,7 +16,15 @@ from pathlib import Path
 
 from datasets import DatasetDict, Sequence as SequenceFeature, Value
 
-from .paths import check_choice, check_images_exist, find_image_file, read_json, require_keys
+from .paths import (
+    check_choice,
+    check_images_exist,
+    find_image_file,
+    read_json,
+    require_keys,
+    require_str,
+    require_str_list,
+)
 from .schema import TargetCaptions, build_cir_dataset, query_row
 from .layouts import FASHIONIQ_CATEGORIES
 
@@ -29,6 +37,8 @@ def _clean_fashioniq_caption(caption: str) -> str:
 
 
 def _two_captions(captions: Sequence[str]) -> tuple[str, str]:
+    if isinstance(captions, str):
+        raise ValueError(f"FashionIQ entries carry a list of two captions; got the string {captions!r}")
     if len(captions) != 2:
         raise ValueError(f"FashionIQ entries carry two captions; got {len(captions)}: {list(captions)}")
     first, second = (_clean_fashioniq_caption(c) for c in captions)
@@ -94,17 +104,27 @@ def load_fashioniq(
     if not isinstance(names, list):
         raise ValueError(f"{split_file}: expected a JSON list of image names; got {type(names).__name__}")
 
-    gallery_paths = {str(n): find_image_file(images, str(n)) for n in names}
+    if not entries:
+        raise ValueError(f"{caption_file}: the split has no triplets (an empty list); expected at least one")
+    names = require_str_list(names, "image names", str(split_file))
+    gallery_paths = {n: find_image_file(images, n, source=split_file, entry=f"image {n!r}") for n in names}
     queries = []
     needed: dict[str, str | None] = dict(gallery_paths)
     for i, entry in enumerate(entries):
         require_keys(entry, ("candidate", "captions"), caption_file, i)
-        ref = str(entry["candidate"])
-        target = str(entry.get("target") or "")
+        where = f"{caption_file}: entry {i}"
+        ref = require_str(entry, "candidate", where)
+        target = require_str(entry, "target", where) if split != "test" else str(entry.get("target") or "")
+        if target and target not in gallery_paths:
+            # Scored, it would be a miss the model could never avoid: the protocol ranks the split's images only.
+            raise ValueError(
+                f"{where}: target {target!r} is not in the gallery {split_file} ({len(gallery_paths)} images); "
+                "expected every target to be one of the split's images"
+            )
         for name in (ref, target):
             if name and name not in needed:
-                needed[name] = find_image_file(images, name)
-        captions = [str(c) for c in entry["captions"]]
+                needed[name] = find_image_file(images, name, source=caption_file, entry=f"entry {i}")
+        captions = require_str_list(entry["captions"], "captions", where)
         queries.append(
             query_row(
                 needed,

@@ -42,7 +42,11 @@ def _resolve_target_captions(target_captions: TargetCaptions) -> dict[str, str] 
     if target_captions is None:
         return None
     if isinstance(target_captions, Mapping):
-        return {str(k): str(v) for k, v in target_captions.items()}
+        bad = next(((k, v) for k, v in target_captions.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise ValueError(f"target_captions: the caption of {bad[0]!r} is {type(bad[1]).__name__} {bad[1]!r}; "
+                             "expected a string")
+        return {str(k): v for k, v in target_captions.items()}
     return load_target_captions(target_captions)
 
 
@@ -92,6 +96,11 @@ def query_row(
         ValueError: ``"{where} names images not in {listed_in}: [...]"`` when the reference, target, a ground
             truth or an ``img_set`` member is not in ``image_paths``.
     """
+    if not isinstance(modification_text, str) or not modification_text.strip():
+        raise ValueError(
+            f"{where}: the modification text is empty ({modification_text!r}); every query needs one "
+            "(it would otherwise fail only inside a training batch)"
+        )
     gt_ids = ([target_id] if target_id else []) if gt_ids is None else gt_ids
     unknown = [n for n in [reference_id, target_id, *gt_ids, *img_set] if n and n not in image_paths]
     if unknown:
@@ -122,6 +131,22 @@ def build_cir_dataset(
     ``caption`` column and the queries a ``target_caption`` column (images without a caption get ``""`` and are
     reported in one warning naming ``source``). ``extra_columns`` declares reader-specific query columns.
     """
+    if not queries:
+        raise ValueError(f"{source}: the split has no queries; expected at least one")
+    if not gallery_paths:
+        raise ValueError(f"{source}: the gallery is empty; expected at least one image")
+    seen: set[str] = set()
+    for row in queries:
+        if row["query_id"] in seen:
+            raise ValueError(f"{source}: query id {row['query_id']!r} appears twice; expected unique pair ids")
+        seen.add(row["query_id"])
+    with_target = [bool(row["target_id"]) for row in queries]
+    if any(with_target) and not all(with_target):
+        empty = [row["query_id"] for row in queries if not row["target_id"]]
+        raise ValueError(
+            f"{source}: {len(empty)} of {len(queries)} queries have no target (first: {empty[:MAX_LISTED]}) while the "
+            "others have one; a split has targets for every query or for none"
+        )
     captions = _resolve_target_captions(target_captions)
     gallery_ids = list(gallery_paths)
     index = {gid: i for i, gid in enumerate(gallery_ids)}

@@ -11,7 +11,16 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .paths import IMAGE_EXTENSIONS, check_choice, check_images_exist, read_json, read_name_list, require_keys
+from .paths import (
+    IMAGE_EXTENSIONS,
+    check_choice,
+    check_images_exist,
+    read_json,
+    read_name_list,
+    require_keys,
+    require_str,
+    resolve_inside,
+)
 from .schema import TargetCaptions, build_cir_dataset, query_row
 
 
@@ -38,16 +47,21 @@ def load_shoes(
     for folder, _, files in os.walk(root):
         for file in files:
             if Path(file).suffix.lower() in IMAGE_EXTENSIONS:
-                on_disk.setdefault(file, os.path.join(folder, file))
+                path = os.path.join(folder, file)
+                # A symlink pointing out of the dataset is refused before anything reads it.
+                resolve_inside(root, os.path.relpath(path, root), source=root, entry=f"image file {file!r}")
+                on_disk.setdefault(file, path)
     gallery_paths = {n: on_disk.get(n) for n in names}
     check_images_exist(gallery_paths, str(names_file))
     in_split = set(names)
     queries = []
     for i, entry in enumerate(entries):
         require_keys(entry, ("ImageName", "ReferenceImageName", "RelativeCaption"), caption_file, i)
-        ref, target = str(entry["ReferenceImageName"]), str(entry["ImageName"])
+        where = f"{caption_file}: pair {i}"
+        ref, target = require_str(entry, "ReferenceImageName", where), require_str(entry, "ImageName", where)
         if ref not in in_split or target not in in_split:
             continue
+        require_str(entry, "RelativeCaption", where)
         queries.append(
             query_row(
                 gallery_paths,
