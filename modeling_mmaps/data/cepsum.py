@@ -32,6 +32,13 @@ import numpy as np
 from transformers.utils import logging
 
 from hub_cards.atomic_files import atomic_path
+from hub_cards.safe_paths import (
+    PathOutsideDatasetError,
+    check_relative_name,
+    is_inside,
+    outside_allowed,
+    resolve_inside,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -76,17 +83,30 @@ def read_cepsum_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return data
 
 
-def find_image(image_dir: str | None, sku: str, category: str | None = None) -> str | None:
-    """Path of the image named by ``sku`` under ``image_dir`` (or ``image_dir/category``), else ``None``."""
+def find_image(image_dir: str | None, sku: str, category: str | None = None, *, source: str | os.PathLike = "",
+               allow_outside: bool | None = None) -> str | None:
+    """Path of the image named by ``sku`` under ``image_dir`` (or ``image_dir/category``), else ``None``.
+
+    A sku is data: one that leaves ``image_dir`` (absolute, ``../``, or an image that is a symlink pointing out) is
+    refused with a ``ValueError`` naming ``source``, the sku and the path, before anything outside is looked at
+    (``hub_cards.safe_paths``; ``ALLOW_PATHS_OUTSIDE_DATASET=1`` or ``allow_outside=True`` allows it).
+    """
     if not image_dir:
         return None
+    where, entry = source or image_dir, f"sku {sku!r}"
+    check_relative_name(sku, root=image_dir, source=where, entry=entry, allow_outside=allow_outside)
     folders = [os.path.join(image_dir, category)] if category else []
     folders.append(image_dir)
     for folder in folders:
         for ext in IMAGE_EXTENSIONS:
             candidate = os.path.join(folder, sku + ext)
+            if not outside_allowed(allow_outside) and not is_inside(image_dir, os.path.dirname(candidate) or "."):
+                raise PathOutsideDatasetError(
+                    f"{where}: {entry} names path {candidate!r}, which leaves the image folder {image_dir!r}"
+                )
             if os.path.isfile(candidate):
-                return candidate
+                return resolve_inside(image_dir, os.path.relpath(candidate, image_dir), source=where, entry=entry,
+                                      allow_outside=allow_outside)
     return None
 
 
@@ -139,7 +159,7 @@ def load_cepsum_split(
         for index, (sku, item) in enumerate(products.items()):
             if max_products is not None and index >= max_products:
                 break
-            image_path = find_image(image_dir, sku, category)
+            image_path = find_image(image_dir, sku, category, source=path)
             if image_path is None:
                 missing.append(sku)
             targets = item["tgt"] if explode_references else item["tgt"][:1]
