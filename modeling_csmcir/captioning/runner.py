@@ -20,6 +20,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from hub_cards.output_lock import exclusive_output_lock
+
 from ..data.caption_files import FALLBACK_REASON_KEY, CaptionEntry, load_caption_entries, save_caption_file
 from .answer_parsing import parse_mcot_answer
 from .image_sources import ImageRecord
@@ -195,10 +197,47 @@ def generate_mcot_captions(
 
     ``on_batch_end(batch_index, entries)`` is called after each batch is recorded.
 
+    One job per caption file: the run holds an exclusive lock on ``<output_file>.lock`` (beside the journal), so a
+    second job on the same file fails at once with an error naming the first (pid, host, start, command) instead of
+    both exiting 0 with one job's captions lost. Rerun it when the first has finished: it resumes, skipping what the
+    first captioned.
+
     Raises:
+        OutputInUseError: another job holds ``<output_file>.lock``.
+        PermissionError: the caption file's folder is not writable (named once, before any work).
         ValueError: before any work, when the pipeline's processor cannot take images or has no chat template,
             or ``batch_size``/``max_new_tokens`` are not positive.
     """
+    with exclusive_output_lock(caption_lock_file(output_file), what=f"caption file {os.fspath(output_file)!r}"):
+        return _generate_mcot_captions(
+            pipe, images, output_file, prompt=prompt, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            generate_kwargs=generate_kwargs, save_every=save_every, num_workers=num_workers,
+            max_fallback_chars=max_fallback_chars, on_batch_end=on_batch_end, show_progress=show_progress,
+        )
+
+
+def caption_lock_file(output_file: str | os.PathLike) -> Path:
+    """The lock file a captioning run holds on ``output_file``: ``<output_file>.lock``, beside the journal."""
+    output_file = Path(output_file)
+    return output_file.with_name(output_file.name + ".lock")
+
+
+def _generate_mcot_captions(
+    pipe: Any,
+    images: Sequence[ImageRecord],
+    output_file: str | os.PathLike,
+    *,
+    prompt: MCoTPrompt | str = "general",
+    batch_size: int = 4,
+    max_new_tokens: int = 512,
+    generate_kwargs: dict[str, Any] | None = None,
+    save_every: int = 50,
+    num_workers: int = 2,
+    max_fallback_chars: int = 300,
+    on_batch_end: Callable[[int, dict[str, CaptionEntry]], None] | None = None,
+    show_progress: bool = True,
+) -> CaptioningReport:
+    """The run itself, under the caption file's lock (see :func:`generate_mcot_captions`)."""
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size} and {max_new_tokens})")
     check_captioning_processor(getattr(pipe, "processor", None), type(getattr(pipe, "model", pipe)).__name__)

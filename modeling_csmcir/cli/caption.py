@@ -7,7 +7,9 @@ Examples::
     csmcir-caption --dataset data/cirr --split val --model_name_or_path llava-hf/llava-1.5-7b-hf \\
         --output_file captions/cirr.val.mcot.json
 
-A killed run is resumed by running the same command again. Images that cannot be read are listed with the
+A killed run is resumed by running the same command again. One job per output file: the run locks
+``<output_file>.lock`` (beside the journal ``<output_file>.partial.jsonl``), and a second job on the same file exits
+at once with an error naming the first (outputs are locked, not merged). Images that cannot be read are listed with the
 reason in ``<output_file>.skipped.json`` (when there are any). The model is loaded through
 ``pipeline("image-text-to-text")`` (its Auto classes), checked first (chat template, image support).
 """
@@ -47,7 +49,9 @@ class ModelArguments:
 class DataArguments:
     """Which images to caption, and the caption file written (and resumed)."""
 
-    output_file: str = field(metadata={"help": "Caption file to write (and resume), authors' JSON format."})
+    output_file: str = field(metadata={"help": "Caption file to write (and resume), authors' JSON format. Locked while a "
+                                               "job runs (<output_file>.lock): a second job on it stops at once, "
+                                               "naming the first; rerun it afterwards to resume."})
     image_dir: str | None = field(default=None, metadata={"help": "Folder of images (searched recursively)."})
     dataset: str | None = field(
         default=None,

@@ -70,11 +70,20 @@ def load_model_and_processor(args: ModelArguments) -> tuple[torch.nn.Module, Any
     from transformers import AutoModel, AutoProcessor
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .model_loading import folder_model_type, model_loading_errors
+
     remote = dict(trust_remote_code=args.trust_remote_code)
-    model = AutoModel.from_pretrained(args.model_name_or_path, **remote)
-    if not isinstance(model, CSMCIRModel) and getattr(model.config, "model_type", None) != "csmcir":
-        raise ValueError(f"{args.model_name_or_path}: expected a CSMCIR model, got {type(model).__name__}")
-    processor = AutoProcessor.from_pretrained(args.processor_name_or_path or args.model_name_or_path, **remote)
+    model_type = folder_model_type(args.model_name_or_path)
+    if model_type not in (None, "csmcir"):
+        raise ValueError(
+            f"--model_name_or_path {args.model_name_or_path}: config.json says model_type {model_type!r}; expected "
+            "'csmcir' (convert other checkpoints with csmcir-convert or csmcir-train first)"
+        )
+    with model_loading_errors(args.model_name_or_path):
+        model = AutoModel.from_pretrained(args.model_name_or_path, **remote)
+        if not isinstance(model, CSMCIRModel) and getattr(model.config, "model_type", None) != "csmcir":
+            raise ValueError(f"{args.model_name_or_path}: expected a CSMCIR model, got {type(model).__name__}")
+        processor = AutoProcessor.from_pretrained(args.processor_name_or_path or args.model_name_or_path, **remote)
     return model.to(device).eval(), processor
 
 

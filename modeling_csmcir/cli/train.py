@@ -8,7 +8,9 @@ Parsed with `HfArgumentParser` like transformers' example scripts: `ModelArgumen
 (which benchmark) and `CSMCIRTrainingArguments` (every `TrainingArguments` flag and the `bank_*` settings). The
 data come from the benchmark readers (`data.load_cir_dataset`) and `CIRCollator`; the target id of a query is its
 target's gallery row, which is also how the bank refresh looks targets up. After training the model and processor
-are saved to `output_dir`; with `--eval_split` the retrieval metrics before and after training are written to
+are saved to `output_dir` (which must not hold another run unless `--resume_from_checkpoint` continues it; one job
+at a time per folder, through a lock file); the seed is set before the model is built, so the same `--seed` gives the
+same run; with `--eval_split` the retrieval metrics before and after training are written to
 `output_dir/metrics.json` (the metrics-report schema of `hub_cards.metrics_report`).
 """
 
@@ -19,15 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
 from hub_cards.console import console_entry_point
+from hub_cards.output_lock import exclusive_output_lock
 
 from ..data.layouts import BENCHMARKS
 from ..modeling_csmcir import CSMCIRModel
 from ..presets import PRESETS, preset_config, preset_processor
 from ..training_args import CSMCIRTrainingArguments
+from .model_loading import BLIP2_MODEL_TYPES, folder_model_type, model_loading_errors
 
 # Parsing (and --help) needs only the dataclasses above; data, evaluation and the Trainer are imported when a run
 # starts, so `csmcir-train --help` costs little more than importing transformers.
@@ -114,24 +118,44 @@ def load_model_and_processor(model_args: ModelArguments) -> tuple[CSMCIRModel, A
                                image_size=model_args.image_size)
         return CSMCIRModel(config), processor
     path = model_args.model_name_or_path
-    config_file = Path(path) / "config.json"
-    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    model_type = folder_model_type(path)
     remote = dict(trust_remote_code=model_args.trust_remote_code)
-    if model_type == "csmcir" or model_type is None:
-        # A Hub id is resolved by from_pretrained; a CSMCIR folder loads directly.
-        try:
-            model = AutoModel.from_pretrained(path, **remote)
-            if not isinstance(model, CSMCIRModel):
-                raise ValueError(f"{path} holds a {type(model).__name__}, not a CSMCIR model")
-        except (OSError, ValueError) as err:
-            if model_type == "csmcir":
-                raise
-            logger.info(f"{path} is not a CSMCIR model ({err}); converting it as a BLIP-2 checkpoint")
+    with model_loading_errors(path):
+        if model_type == "csmcir" or model_type is None:
+            # A Hub id is resolved by from_pretrained; a CSMCIR folder loads directly.
+            try:
+                model = AutoModel.from_pretrained(path, **remote)
+                if not isinstance(model, CSMCIRModel):
+                    raise ValueError(f"{path} holds a {type(model).__name__}, not a CSMCIR model")
+            except (OSError, ValueError) as err:
+                if model_type == "csmcir":
+                    raise
+                logger.info(f"{path} is not a CSMCIR model ({err}); converting it as a BLIP-2 checkpoint")
+                model = CSMCIRModel.from_blip2_pretrained(path)
+        elif model_type in BLIP2_MODEL_TYPES:
             model = CSMCIRModel.from_blip2_pretrained(path)
-    else:
-        model = CSMCIRModel.from_blip2_pretrained(path)
-    processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or path, **remote)
+        else:
+            raise ValueError(
+                f"--model_name_or_path {path}: config.json says model_type {model_type!r}; expected 'csmcir' or a "
+                f"BLIP-2 checkpoint ({sorted(BLIP2_MODEL_TYPES)})"
+            )
+        processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or path, **remote)
     return model, processor
+
+
+def check_output_dir(training_args: CSMCIRTrainingArguments) -> None:
+    """Refuse to train into an ``output_dir`` that already holds a run, unless this run resumes it."""
+    output_dir = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint or not output_dir.is_dir():
+        return
+    previous = sorted(p.name for p in output_dir.iterdir()
+                      if p.name in ("config.json", "model.safetensors", "trainer_state.json")
+                      or p.name.startswith("checkpoint-"))
+    if previous:
+        raise ValueError(
+            f"--output_dir {output_dir} already holds a training run ({previous[:5]}); pass "
+            "--resume_from_checkpoint last to continue it, or choose another --output_dir"
+        )
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments,
@@ -146,6 +170,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
     from ..evaluation.evaluator import CIRRetrievalEvaluator
     from ..trainer_csmcir import CSMCIRTrainer
 
+    # The seed is set before the model is built, so the same --seed gives the same initial weights and the same run.
+    set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args)
     use_captions = data_args.use_target_captions
     if use_captions is None:
@@ -211,7 +237,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run `csmcir-train` on ``argv`` (default: the command line); returns the training and retrieval report."""
     parser = HfArgumentParser((ModelArguments, DataArguments, CSMCIRTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    report = run_training(model_args, data_args, training_args)
+    check_output_dir(training_args)
+    # One job per output_dir: a second csmcir-train into the same folder fails at once, naming the first.
+    with exclusive_output_lock(Path(training_args.output_dir) / ".csmcir-train.lock",
+                               what=f"--output_dir {training_args.output_dir}"):
+        report = run_training(model_args, data_args, training_args)
     if "after" in report:
         print(json.dumps({"before": report["before"], "after": report["after"]}, indent=2))
     return report
