@@ -185,10 +185,20 @@ def load_lavis_checkpoint(path: str | os.PathLike, state_dict_key: str | None = 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist or is not a file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"checkpoint {path!r} is empty (0 bytes); expected a LAVIS .pt/.pth or .safetensors file")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return extract_state_dict(load_file(path), state_dict_key, source=path)
+        try:
+            tensors = load_file(path)
+        except Exception as error:  # safetensors raises its own SafetensorError (not an OSError) for a broken file
+            raise ValueError(
+                f"checkpoint {path!r} ({size} bytes) is not a readable safetensors file, e.g. truncated "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        return extract_state_dict(tensors, state_dict_key, source=path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -196,6 +206,11 @@ def load_lavis_checkpoint(path: str | os.PathLike, state_dict_key: str | None = 
             f"checkpoint {path!r} holds pickled objects that weights_only=True refuses to load ({error}). If you trust "
             "the file, load it yourself with torch.load(..., weights_only=False) and pass the state dict to "
             "convert_lavis_checkpoint."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ValueError(
+            f"checkpoint {path!r} ({size} bytes) cannot be read by torch.load, e.g. a truncated or partial download "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:300]})"
         ) from None
     return extract_state_dict(checkpoint, state_dict_key, source=path)
 
