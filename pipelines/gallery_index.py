@@ -15,7 +15,8 @@ into a saved pipeline folder on the Hub — does not make faiss a requirement of
 
 On disk an index is a folder: `gallery_embeddings.safetensors` (the embedding matrix in its storage dtype),
 `gallery_index.json` (ids, metadata, model identity, format version) and, when a faiss index was built,
-`gallery_faiss.index`. Every file is written to a temporary name and moved into place with `os.replace`.
+`gallery_faiss.index`. The JSON record is the one atomic switch of a save (see `GalleryIndex.save`): a save killed at
+any moment leaves the old or the new index loadable, never neither.
 
 `encode_targets` is the one gallery encoder of the project (the pipeline's `build_index`, the retrieval evaluator
 and cached training all call it) and `model_identity` the one notion of "the same model" (indexes and evaluation
@@ -101,31 +102,44 @@ def _embeddings_digest(embeddings: torch.Tensor) -> str:
     return hashlib.sha256(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"").hexdigest()
 
 
-def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:
-    """SHA-256 (first 16 hex digits) over every state-dict tensor's name, shape and an evenly strided sample of values.
+#: Lower-precision copies the identity also hashes, so a model loaded in float16 / bfloat16 from the weights that
+#: built an index is recognised as "the same weights, another dtype" instead of "a different model".
+_FINGERPRINT_CAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
-    Values are hashed as float32, so the fingerprint is cheap (O(#tensors · samples)) and identical in any process that
-    loaded the same weights, while any retraining or re-initialisation changes it. Loading the same weights in another
-    dtype changes it too — as it changes the embeddings.
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().reshape(-1).contiguous().cpu()
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def weights_fingerprint(model: torch.nn.Module, cast_to: torch.dtype | None = None) -> str:
+    """SHA-256 (first 16 hex digits) over every state-dict tensor's name, shape, dtype and **all** its bytes.
+
+    Every value counts: re-initialising or retraining any weight changes the fingerprint (a sample of values would
+    miss changes between the sampled positions, and an evaluation cache would then reuse a stale gallery). Loading the
+    same weights in another dtype changes it too, as it changes the embeddings; ``cast_to`` hashes floating tensors
+    cast to that dtype instead, which is how :func:`model_identity` recognises the same weights in another dtype.
     """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
-        if flat.numel() == 0 or not (flat.is_floating_point() or flat.dtype in (torch.int32, torch.int64)):
-            continue
-        # Integer arithmetic: float32 linspace rounds the last position past the end for tensors over 2^24 elements.
-        count = min(flat.numel(), samples_per_tensor)
-        positions = torch.arange(count, device=flat.device) * (flat.numel() - 1) // max(count - 1, 1)
-        sample = flat[positions].float().cpu().numpy()
-        digest.update(sample.tobytes())
+        if cast_to is not None and tensor.is_floating_point():
+            tensor = tensor.to(cast_to)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{str(tensor.dtype).split('.')[-1]}:".encode())
+        digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()[:16]
 
 
-def model_identity(model: torch.nn.Module, embed_dim: int | None = None) -> dict[str, Any]:
-    """What an index records about the model that built it: embedding size, config hash, weights fingerprint.
+def _weights_dtype(model: torch.nn.Module) -> str | None:
+    dtypes = sorted({str(t.dtype).split(".")[-1] for t in model.state_dict().values() if t.is_floating_point()})
+    return ",".join(dtypes) or None
 
-    `name_or_path` and `model_type` are informational (shown in error messages), never compared.
+
+def model_identity(model: torch.nn.Module, embed_dim: int | None = None) -> dict[str, Any]:
+    """What an index records about the model that built it: embedding size, config hash, weights fingerprint (every
+    byte of every weight), the weights' dtype and the fingerprints of the weights cast to float16 and bfloat16.
+
+    `name_or_path` and `model_type` are informational (shown in error messages), never compared; the cast
+    fingerprints only tell "the same weights in another dtype" apart from "a different model" in the error.
     """
     config = getattr(model, "config", None)
     if embed_dim is None:
@@ -136,6 +150,9 @@ def model_identity(model: torch.nn.Module, embed_dim: int | None = None) -> dict
         "embed_dim": None if embed_dim is None else int(embed_dim),
         "config_hash": config_hash(config) if config is not None else None,
         "weights_fingerprint": weights_fingerprint(model),
+        "weights_dtype": _weights_dtype(model),
+        "weights_fingerprint_as": {name: weights_fingerprint(model, cast_to=dtype)
+                                   for name, dtype in _FINGERPRINT_CAST_DTYPES.items()},
     }
 
 
@@ -183,13 +200,30 @@ def encode_targets(
     return torch.cat(chunks)
 
 
+def _same_weights_other_dtype(built: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """``"float32 vs float16"`` when two identities differ only in the dtype of the same weights, else ``None``."""
+    if built.get("weights_fingerprint") == current.get("weights_fingerprint") or built.get("config_hash") != current.get(
+        "config_hash"
+    ):
+        return None
+    built_dtype, current_dtype = built.get("weights_dtype"), current.get("weights_dtype")
+    if not built_dtype or not current_dtype or built_dtype == current_dtype:
+        return None
+    built_casts, current_casts = built.get("weights_fingerprint_as") or {}, current.get("weights_fingerprint_as") or {}
+    # The lower of the two precisions: a float32 model cast to float16 hashes as the float16 model does.
+    for name in (current_dtype, built_dtype):
+        if name in _FINGERPRINT_CAST_DTYPES and built_casts.get(name) and built_casts.get(name) == current_casts.get(name):
+            return f"index built in {built_dtype}, querying model in {current_dtype}"
+    return None
+
+
 def _describe_identity(identity: dict[str, Any] | None) -> str:
     if not identity:
         return "<unknown model>"
     name = identity.get("name_or_path") or identity.get("model_type") or "model"
     return (
         f"{name} (embed_dim={identity.get('embed_dim')}, config_hash={identity.get('config_hash')}, "
-        f"weights_fingerprint={identity.get('weights_fingerprint')})"
+        f"weights_fingerprint={identity.get('weights_fingerprint')}, dtype={identity.get('weights_dtype')})"
     )
 
 
@@ -217,6 +251,33 @@ def _atomic_write(path: str, write_fn) -> None:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+_REQUIRED_RECORD_KEYS = ("format_version", "num_items", "embed_dim", "ids")
+_PENDING_SUFFIX = ".pending"
+
+
+def _pending_name(folder: str, name: str, digest: str) -> str:
+    """Where `save` writes `name` before its switch: hidden, and tied to the new embeddings' digest."""
+    return os.path.join(folder, f".{name}.{digest[:16]}{_PENDING_SUFFIX}")
+
+
+def _remove_stale_pending(folder: str) -> None:
+    """Drop pending files of earlier, interrupted saves (they lost the switch, or their JSON was replaced since)."""
+    current = None
+    try:
+        with open(os.path.join(folder, INDEX_FILE), encoding="utf-8") as handle:
+            current = json.load(handle).get("embeddings_sha256")
+    except (OSError, ValueError, AttributeError):
+        pass
+    for entry in os.listdir(folder):
+        if entry.startswith(".") and entry.endswith(_PENDING_SUFFIX):
+            if current and entry.endswith(f".{current[:16]}{_PENDING_SUFFIX}"):
+                # The current JSON's own data, never moved into place: finish that switch first.
+                final = entry[1:].rsplit(".", 2)[0]
+                os.replace(os.path.join(folder, entry), os.path.join(folder, final))
+            else:
+                os.remove(os.path.join(folder, entry))
 
 
 def _import_faiss():
@@ -436,6 +497,14 @@ class GalleryIndex:
                 )
         if not check_model:
             return
+        same_weights_other_dtype = _same_weights_other_dtype(built, current)
+        if same_weights_other_dtype is not None:
+            raise ValueError(
+                f"Gallery index was built by the same weights in a different dtype ({same_weights_other_dtype}): "
+                f"index built by {_describe_identity(built)}; querying model is {_describe_identity(current)}. The "
+                "embeddings differ by rounding only: rebuild the index in this dtype for exact scores, or pass "
+                "check_model=False to search it as is."
+            )
         for key in ("config_hash", "weights_fingerprint"):
             if built.get(key) and current.get(key) and built[key] != current[key]:
                 raise ValueError(
@@ -662,10 +731,13 @@ class GalleryIndex:
     # ---------------------------------------------------------------------------------------------------------- disk
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index into folder `path` (created if needed); each file is written atomically.
+        """Write the index into folder `path` (created if needed), switching from the old index to the new at one point.
 
-        The JSON file is written last and carries a digest of the embeddings, so `load` either gets a matching pair
-        or refuses the folder (a re-save interrupted between the two replacements); a failed save leaves the
+        The JSON record is the switch. New data files are first written beside their final names as hidden
+        `.<name>.<digest>.pending` files; then `gallery_index.json` (which carries the digest of the new embeddings) is
+        replaced in one `os.replace`; then the pending files are moved onto their names. A process killed at any moment
+        leaves a folder that `load` reads as the old index (JSON not yet replaced: pending files are ignored) or as the
+        new one (JSON replaced: `load` takes the pending files that match its digest). A failed save leaves the
         previous index in place.
         """
         path = os.fspath(path)
@@ -676,7 +748,6 @@ class GalleryIndex:
             "format_version": FORMAT_VERSION,
             "num_items": len(self),
             "embed_dim": self.embed_dim,
-            "tokens_per_item": self.tokens_per_item,
             "dtype": str(self.dtype).split(".")[-1],
             "ids": self.ids,
             "metadata": self.metadata,
@@ -684,43 +755,96 @@ class GalleryIndex:
             "faiss": self._faiss_config,
         }
         embeddings = self.embeddings.detach().cpu().contiguous()
-        # The files are replaced one after the other; a digest in the JSON lets `load` refuse a folder where an
-        # interrupted re-save left new embeddings beside the previous JSON.
-        record["embeddings_sha256"] = _embeddings_digest(embeddings)
+        digest = _embeddings_digest(embeddings)
+        record["embeddings_sha256"] = digest
         try:
             text = json.dumps(record, ensure_ascii=False)
         except TypeError as error:
             raise ValueError(f"GalleryIndex.save: ids and metadata must be JSON-serialisable ({error})") from error
-        _atomic_write(
-            os.path.join(path, EMBEDDINGS_FILE),
-            lambda tmp: save_file({"embeddings": embeddings}, tmp, metadata={"format": "pt"}),
-        )
+        _remove_stale_pending(path)
+        pending = [(_pending_name(path, EMBEDDINGS_FILE, digest), os.path.join(path, EMBEDDINGS_FILE))]
+        _atomic_write(pending[0][0], lambda tmp: save_file({"embeddings": embeddings}, tmp, metadata={"format": "pt"}))
         faiss_path = os.path.join(path, FAISS_FILE)
-        if self._faiss_index is not None:
-            faiss = _import_faiss()
-            _atomic_write(faiss_path, lambda tmp: faiss.write_index(self._faiss_index, tmp))
-        elif os.path.exists(faiss_path):
+        try:
+            if self._faiss_index is not None:
+                faiss = _import_faiss()
+                pending.append((_pending_name(path, FAISS_FILE, digest), faiss_path))
+                _atomic_write(pending[-1][0], lambda tmp: faiss.write_index(self._faiss_index, tmp))
+
+            def write_json(tmp: str) -> None:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+
+            _atomic_write(os.path.join(path, INDEX_FILE), write_json)  # the switch
+        except BaseException:
+            for pending_path, _ in pending:
+                if os.path.exists(pending_path):
+                    os.remove(pending_path)
+            raise
+        for pending_path, final_path in pending:
+            os.replace(pending_path, final_path)
+        if self._faiss_index is None and os.path.exists(faiss_path):
             os.remove(faiss_path)  # a stale faiss file from an earlier save would not match these embeddings
 
-        def write_json(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-
-        _atomic_write(os.path.join(path, INDEX_FILE), write_json)
-
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", load_faiss: bool = True) -> GalleryIndex:
-        """Read a folder written by `save`; restores the faiss index too when present and faiss is installed."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", load_faiss: bool = True,
+             require_digest: bool = True) -> GalleryIndex:
+        """Read a folder written by `save`; restores the faiss index too when present and faiss is installed.
+
+        Refused, with the file named: a record that is not a JSON object or lacks keys, embeddings whose digest is
+        not the record's (another save's), a record without a digest (unless `require_digest=False`), a row holding
+        NaN or infinity.
+        """
         path = os.fspath(path)
-        index_path, embeddings_path = os.path.join(path, INDEX_FILE), os.path.join(path, EMBEDDINGS_FILE)
-        for required in (index_path, embeddings_path):
-            if not os.path.isfile(required):
-                raise ValueError(f"GalleryIndex.load: {required!r} not found; is {path!r} a saved GalleryIndex folder?")
+        index_path = os.path.join(path, INDEX_FILE)
+        if not os.path.isfile(index_path):
+            raise ValueError(f"GalleryIndex.load: {index_path!r} not found; is {path!r} a saved GalleryIndex folder?")
         try:
             with open(index_path, encoding="utf-8") as handle:
                 record = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"GalleryIndex.load: {index_path!r} is not valid JSON ({error})") from error
+        except UnicodeDecodeError as error:
+            raise ValueError(f"GalleryIndex.load: {index_path!r} is not UTF-8 text ({error})") from error
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"GalleryIndex.load: {index_path!r} holds a JSON {type(record).__name__}; expected an object with "
+                f"keys {list(_REQUIRED_RECORD_KEYS)}"
+            )
+        missing = [key for key in _REQUIRED_RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(
+                f"GalleryIndex.load: {index_path!r} lacks keys {missing} (has {sorted(record)}); expected a record "
+                "written by GalleryIndex.save"
+            )
+        digest = record.get("embeddings_sha256")
+        if not digest and require_digest:
+            raise ValueError(
+                f"GalleryIndex.load: {index_path!r} has no 'embeddings_sha256', so nothing ties it to the embeddings "
+                "beside it (they may come from another save); save the index again, or pass require_digest=False to "
+                "load it unchecked"
+            )
+        # A save killed after its switch (the JSON) but before moving its data files into place: take them.
+        embeddings_path = os.path.join(path, EMBEDDINGS_FILE)
+        faiss_path = os.path.join(path, FAISS_FILE)
+        if digest:
+            for name in (EMBEDDINGS_FILE, FAISS_FILE):
+                pending = _pending_name(path, name, digest)
+                if os.path.isfile(pending):
+                    if name == EMBEDDINGS_FILE:
+                        embeddings_path = pending
+                    else:
+                        faiss_path = pending
+        if not os.path.isfile(embeddings_path):
+            raise ValueError(
+                f"GalleryIndex.load: {embeddings_path!r} not found; is {path!r} a saved GalleryIndex folder?"
+            )
+        for key, kind in (("num_items", int), ("embed_dim", int), ("ids", list)):
+            if isinstance(record[key], bool) or not isinstance(record[key], kind):
+                raise ValueError(
+                    f"GalleryIndex.load: {index_path!r} field {key!r} is {type(record[key]).__name__} "
+                    f"{record[key]!r}; expected {kind.__name__}"
+                )
         if record.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"GalleryIndex.load: {index_path!r} has format_version {record.get('format_version')!r}, "
@@ -742,6 +866,14 @@ class GalleryIndex:
                 f"GalleryIndex.load: {embeddings_path!r} holds shape {tuple(embeddings.shape)} but {index_path!r} "
                 f"says {expected}"
             )
+        if embeddings.is_floating_point():
+            finite = torch.isfinite(embeddings.float()).all(dim=-1)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                raise ValueError(
+                    f"GalleryIndex.load: {embeddings_path!r} row {bad} (id {record['ids'][bad]!r}) holds NaN or "
+                    "infinite values; a search would rank it arbitrarily. Rebuild the index"
+                )
         index = cls(
             embeddings,
             ids=record["ids"],
