@@ -171,3 +171,26 @@ def test_a_batch_mixing_products_with_and_without_regions_equals_single_calls_an
     half = MMAPSForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
     in_bf16 = pipeline("product-summarization", model=half, processor=summarizer.processor)
     assert isinstance(in_bf16(with_regions, **settings)[0]["summary_text"], str)
+
+
+def test_one_encoder_pass_serves_summary_and_attributes(summarizer, saved_model):
+    """The pipeline encodes each batch once; its summaries and attribute scores are those of generate() and
+    predict_attributes() run separately (which encode twice)."""
+    model, processor = summarizer.model, summarizer.processor
+    encoder = model.get_encoder()
+    calls = []
+    handle = encoder.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        out = summarizer(_inputs(saved_model[1]), batch_size=3, num_beams=2, max_new_tokens=8, attribute_threshold=0.01)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    image = Image.open(saved_model[1])
+    batch = processor(text=TEXTS[:3], images=[image, [], image])
+    with torch.no_grad():
+        summaries = processor.batch_decode(model.generate(**batch, num_beams=2, max_new_tokens=8))
+        probabilities, _ = model.predict_attributes(**batch)
+    assert [r[0]["summary_text"] for r in out] == summaries
+    for row, probs in zip(out, probabilities):
+        for attribute in row[0]["attributes"]:
+            assert attribute["score"] == pytest.approx(probs[VOCAB.index(attribute["attribute"])].item(), abs=1e-6)
