@@ -66,10 +66,33 @@ class EvaluationArguments:
     """Where the results go and how summaries are decoded."""
 
     output_dir: str = field(metadata={"help": "Where metrics.json and predictions.jsonl go."})
+    write_predictions: str = field(default="auto", metadata={
+        "help": "predictions.jsonl (the split's skus, generated summaries and references): 'auto' writes it unless "
+                "output_dir is inside the model folder (a folder users upload; CEPSUM is distributed only on "
+                "application, so its texts must not ride along), 'always', or 'never'."})
     num_beams: int = field(default=3, metadata={"help": "Beam size (3 in the paper)."})
     max_new_tokens: int = field(default=90, metadata={"help": "Most generated tokens (90 in the paper)."})
     batch_size: int = field(default=16, metadata={"help": "Products per generation batch."})
     use_cpu: bool = field(default=False, metadata={"help": "Stay on CPU even if a GPU is present."})
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _should_write_predictions(eval_args: EvaluationArguments, model_name_or_path: str) -> bool:
+    """Whether predictions.jsonl (test texts and references) is written, per ``--write_predictions``."""
+    if eval_args.write_predictions not in ("auto", "always", "never"):
+        raise ValueError(f"write_predictions: expected 'auto', 'always' or 'never', got {eval_args.write_predictions!r}")
+    if eval_args.write_predictions != "auto":
+        return eval_args.write_predictions == "always"
+    if os.path.isdir(model_name_or_path) and _inside(eval_args.output_dir, model_name_or_path):
+        logger.warning("output_dir %s is inside the model folder: predictions.jsonl (the split's texts and references) "
+                       "is not written there; pass another --output_dir or --write_predictions always",
+                       eval_args.output_dir)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -98,11 +121,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_size=eval_args.batch_size, synthetic_attributes=synthetic,
         num_beams=eval_args.num_beams, max_new_tokens=eval_args.max_new_tokens,
     )
-    lines = "".join(
-        json.dumps({"sku": s, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
-        for s, p, r in zip(dataset["sku"], result.predictions, result.references)
-    )
-    write_text_atomically(os.path.join(eval_args.output_dir, "predictions.jsonl"), lines)
+    if _should_write_predictions(eval_args, model_args.model_name_or_path):
+        lines = "".join(
+            json.dumps({"sku": s, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
+            for s, p, r in zip(dataset["sku"], result.predictions, result.references)
+        )
+        write_text_atomically(os.path.join(eval_args.output_dir, "predictions.jsonl"), lines)
     write_metrics_report(
         os.path.join(eval_args.output_dir, "metrics.json"), result.metrics, protocol=PROTOCOLS[data_args.language],
         dataset=os.path.basename(os.path.normpath(data_args.data_dir)), split=data_args.split,

@@ -105,6 +105,13 @@ def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
     lines = (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == written["num_products"]
 
+    # Evaluating into the model folder (the folder a user uploads) writes the metrics but never the split's texts.
+    eval_main(["--data_dir", small_set, "--model_name_or_path", str(out), "--split", "test", "--output_dir", str(out),
+               "--num_beams", "1", "--max_new_tokens", "8"])
+    assert (out / "metrics.json").is_file() and not (out / "predictions.jsonl").exists()
+    assert not any(json.loads(lines[0])["references"][0] in p.read_text(errors="ignore")
+                   for p in out.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".md"))
+
     # a processor whose attribute vocabulary does not match the model: clear error, nothing written
     processor_config["attribute_vocabulary"] = processor_config["attribute_vocabulary"][:-1]
     (out / "processor_config.json").write_text(json.dumps(processor_config, ensure_ascii=False))
