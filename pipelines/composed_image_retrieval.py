@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import Pipeline
+from transformers import image_utils
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
@@ -54,27 +55,101 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"{name}: expected an image array HxW, HxWxC or CxHxW with C in 1/3/4, got shape {array.shape}")
-    if array.dtype != np.uint8:
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{name}: image arrays must be uint8 in [0, 255] or float in [0, 1]; got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
+        low, high = (int(array.min(initial=0)), int(array.max(initial=0)))
+        if low < 0 or high > 255:
+            # A uint16 (or int32) image clipped to [0, 255] would come out all white: refuse rather than guess a scale.
+            raise ValueError(
+                f"{name}: a {array.dtype} image array with values in [{low}, {high}]; expected uint8 in [0, 255] or "
+                f"float in [0, 1] (for 16-bit images, pass (array / 257).astype(numpy.uint8))"
+            )
+        array = array.astype(np.uint8)
+    elif array.dtype != np.uint8:
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise ValueError(f"{name}: the image array holds NaN or infinite values")
-        if array.max(initial=0.0) <= 1.0:
+        low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+        if low < 0.0 or high > 255.0:
+            raise ValueError(
+                f"{name}: a float image array with values in [{low:g}, {high:g}]; expected [0, 1] (or [0, 255]), "
+                "not normalised pixel values"
+            )
+        if high <= 1.0:
             array = array * 255.0
         array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+#: Seconds a URL image may take when the caller gives no `timeout` (a server that never answers must not hang).
+DEFAULT_URL_TIMEOUT = 10.0
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _fetch_url_image(url: str, name: str, timeout: float | None) -> Image.Image:
+    """GET `url` with a timeout; an HTTP error status or a timeout is a ValueError naming `name`, the URL and it."""
+    # httpx is what transformers' own `load_image` fetches with; reached through it, the Hub folder needs nothing more.
+    httpx = image_utils.httpx
+    timeout = DEFAULT_URL_TIMEOUT if timeout is None else timeout
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+    except httpx.TimeoutException:
+        raise ValueError(f"{name}: no answer from {url!r} within {timeout:g} s (pass timeout=... to wait longer)") from None
+    except httpx.HTTPError as error:
+        raise ValueError(f"{name}: cannot fetch {url!r} ({type(error).__name__}: {error})") from None
+    if response.status_code >= 400:
+        raise ValueError(f"{name}: fetching {url!r} returned HTTP {response.status_code} {response.reason_phrase}")
+    try:
+        return Image.open(image_utils.BytesIO(response.content))
+    except Exception as error:  # noqa: BLE001 - PIL's UnidentifiedImageError and friends
+        kind = response.headers.get("content-type", "unknown content type")
+        raise ValueError(
+            f"{name}: {url!r} answered HTTP {response.status_code} with {len(response.content)} bytes of {kind}, "
+            f"not an image ({type(error).__name__})"
+        ) from None
+
+
+def _looks_like_a_path(text: str) -> bool:
+    return len(text) < 4096 and (
+        text.lower().endswith(_IMAGE_SUFFIXES) or text.startswith(("/", "./", "../", "~")) or os.sep + "." in text
+    )
+
+
+def _load_image_string(text: str, name: str, timeout: float | None) -> Image.Image:
+    if text.startswith(("http://", "https://")):
+        return _fetch_url_image(text, name, timeout)
+    if os.path.isfile(text):
+        if os.path.getsize(text) == 0:
+            raise ValueError(f"{name}: cannot read image {_describe_source(text)}: the file is empty (0 bytes)")
+        return Image.open(text)
+    if os.path.isdir(text):
+        raise ValueError(f"{name}: cannot read image {_describe_source(text)}: a folder, not an image file")
+    if _looks_like_a_path(text):
+        raise ValueError(f"{name}: cannot read image {_describe_source(text)}: no such file")
+    try:
+        return load_image(text, timeout=timeout)  # base64 (or a data: URL)
+    except ValueError:
+        raise ValueError(
+            f"{name}: cannot read image {_describe_source(text)}: not an existing file, an http(s) URL or base64 "
+            "image data"
+        ) from None
+
+
 def load_retrieval_image(image: Any, name: str, timeout: float | None = None) -> Image.Image:
     """A PIL image from a PIL image, a local path, an http(s) URL, a base64 string or a numpy array / tensor.
 
-    Decoding is forced here (PIL opens lazily), so a corrupt or truncated file fails with a ValueError that names
-    `name` (e.g. `"query 3"` or `"images[12] (id 'shoe-12')"`) and the source, not deep inside the processor.
+    Decoding is forced here (PIL opens lazily), so a corrupt, empty, truncated or oversized (decompression bomb)
+    file fails with a ValueError that names `name` (e.g. `"query 3"` or `"images[12] (id 'shoe-12')"`) and the
+    source, not deep inside the processor. A URL is fetched with `timeout` seconds (default 10) and an HTTP error
+    status is reported as such; a missing local file is reported as missing, not as bad base64.
     """
+    source = image  # named in errors: once opened, a path is a PIL object that no longer says where it came from
     try:
         if isinstance(image, os.PathLike):
             image = os.fspath(image)
         if isinstance(image, str):
-            image = load_image(image, timeout=timeout)
+            image = _load_image_string(image, name, timeout)
         elif isinstance(image, torch.Tensor):
             image = _array_to_pil(image.detach().cpu().numpy(), name)
         elif isinstance(image, np.ndarray):
@@ -87,9 +162,11 @@ def load_retrieval_image(image: Any, name: str, timeout: float | None = None) ->
     except ValueError as error:
         if str(error).startswith(name):
             raise
-        raise ValueError(f"{name}: cannot read image {_describe_source(image)}: {error}") from error
-    except Exception as error:  # PIL raises OSError / UnidentifiedImageError / SyntaxError for broken files
-        raise ValueError(f"{name}: cannot read image {_describe_source(image)}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"{name}: cannot read image {_describe_source(source)}: {error}") from error
+    except Exception as error:  # PIL raises OSError / UnidentifiedImageError / SyntaxError / DecompressionBombError
+        raise ValueError(
+            f"{name}: cannot read image {_describe_source(source)}: {type(error).__name__}: {error}"
+        ) from error
     return image
 
 

@@ -748,6 +748,7 @@ class GalleryIndex:
             "format_version": FORMAT_VERSION,
             "num_items": len(self),
             "embed_dim": self.embed_dim,
+            "tokens_per_item": self.tokens_per_item,
             "dtype": str(self.dtype).split(".")[-1],
             "ids": self.ids,
             "metadata": self.metadata,
@@ -867,7 +868,7 @@ class GalleryIndex:
                 f"says {expected}"
             )
         if embeddings.is_floating_point():
-            finite = torch.isfinite(embeddings.float()).all(dim=-1)
+            finite = torch.isfinite(embeddings.float()).reshape(embeddings.shape[0], -1).all(dim=1)
             if not bool(finite.all()):
                 bad = int((~finite).nonzero()[0, 0])
                 raise ValueError(
