@@ -46,6 +46,18 @@ VARIANTS: dict[str, tuple[dict, str, str]] = {
     "no_alignment": ({"alignment_loss_weight": 0.0, "contrastive_loss_weight": 0.0}, "regions",
                      "without the alignment tasks (token-region alignment + image-text contrast)"),
     "no_region": ({"region_loss_weight": 0.0}, "regions", "without masked region modelling"),
+    # The original's forms (issue 21), one at a time and all together; "full" is ours.
+    "original_visual": ({"visual_encoder_style": "original"}, "regions",
+                        "original visual transformer (x sqrt(d), sinusoidal positions, ReLU, order embeddings)"),
+    "original_attribute_sum": ({"attribute_pooling": "sum"}, "regions", "attribute logits from summed states"),
+    "original_contrast": ({"contrastive_projection_dim": 64, "contrastive_logit_scale_init": 1.0}, "regions",
+                          "original contrast head: d->d (64-d here), scale init e"),
+    "original_hausdorff": ({"alignment_loss_form": "original"}, "regions",
+                           "original Hausdorff distance to the own image (padding masked)"),
+    "original_box_area": ({"box_area_form": "original"}, "regions", "original (swapped) box area"),
+    "original_all": ({"visual_encoder_style": "original", "attribute_pooling": "sum", "contrastive_projection_dim": 64,
+                      "contrastive_logit_scale_init": 1.0, "alignment_loss_form": "original",
+                      "box_area_form": "original"}, "regions", "all five original forms together"),
 }
 
 
@@ -93,7 +105,8 @@ def _run(args_dict: dict, variant: str, seed: int) -> dict:
     model, processor = preset_model("tiny-scratch", tokens=character_vocabulary(texts), attribute_vocabulary=vocabulary,
                                     visual_input=visual_input)
     if changes:
-        config = preset_config("tiny", num_attributes=model.config.num_attributes,
+        # The same preset as the "full" row (tiny-scratch), so a row differs from it only by its changes.
+        config = preset_config("tiny-scratch", num_attributes=model.config.num_attributes,
                                text_config=model.config.text_config.to_dict(), **changes)
         torch.manual_seed(seed)
         model = MMAPSForConditionalGeneration(config)
