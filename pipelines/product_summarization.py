@@ -27,6 +27,17 @@ logger = logging.get_logger(__name__)
 
 TASK = "product-summarization"
 _VISUAL_REGION_KEYS = ("visual_features", "visual_boxes", "visual_class_probs")
+#: The keys a product dict may carry; any other (a misspelt "imgae") is refused instead of silently ignored.
+_PRODUCT_KEYS = ("text", "image", *_VISUAL_REGION_KEYS)
+
+
+def _describe_product(inputs: Any) -> str:
+    """How an error names one product of a batch: by the start of its text (the pipeline sees items one by one)."""
+    text = inputs.get("text") if isinstance(inputs, dict) else None
+    if isinstance(text, str) and text.strip():
+        snippet = text.strip()[:40] + ("..." if len(text.strip()) > 40 else "")
+        return f"product {snippet!r}"
+    return "product"
 
 
 class ProductSummarizationPipeline(Pipeline):
@@ -55,6 +66,8 @@ class ProductSummarizationPipeline(Pipeline):
                 raise ValueError(f"attribute_threshold: expected a probability in (0, 1), got {attribute_threshold}")
             postprocess["attribute_threshold"] = attribute_threshold
         if top_k_attributes is not None:
+            if isinstance(top_k_attributes, bool) or not isinstance(top_k_attributes, int) or top_k_attributes < 0:
+                raise ValueError(f"top_k_attributes: expected an int >= 0, got {top_k_attributes!r}")
             postprocess["top_k_attributes"] = top_k_attributes
         return {}, forward, postprocess
 
@@ -80,11 +93,16 @@ class ProductSummarizationPipeline(Pipeline):
     def preprocess(self, inputs: Any) -> dict[str, torch.Tensor]:
         if isinstance(inputs, str):
             inputs = {"text": inputs}
+        name = _describe_product(inputs)
         if not isinstance(inputs, dict):
-            raise ValueError(f"inputs: expected {{'text': str, 'image': optional}} or a list of them, got {type(inputs).__name__}")
+            raise ValueError(f"{name}: expected {{'text': str, 'image': optional}} or a list of them, got {type(inputs).__name__}")
+        unknown = sorted(str(key) for key in inputs if key not in _PRODUCT_KEYS)
+        if unknown:
+            raise ValueError(f"{name}: unknown keys {unknown}; expected some of {list(_PRODUCT_KEYS)} (is one misspelt?)")
         text = inputs.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError("inputs['text']: expected a non-empty product description")
+            got = "missing" if "text" not in inputs else f"{type(text).__name__} {text!r}"[:80]
+            raise ValueError(f"{name}: inputs['text'] expected a non-empty product description, got {got}")
         image = inputs.get("image")
         has_regions = inputs.get("visual_features") is not None
         if image is not None and not self._uses_pixels():
@@ -95,7 +113,13 @@ class ProductSummarizationPipeline(Pipeline):
         if has_regions and self._uses_pixels():
             raise ValueError("inputs['visual_features']: this model reads raw images; pass 'image' instead")
         if self._uses_pixels():
-            picture = load_image(image) if image is not None else None
+            try:
+                picture = load_image(image) if image is not None else None
+            except Exception as error:  # noqa: BLE001 - PIL / httpx / base64 errors, named with their product
+                source = repr(image)[:120] if isinstance(image, str) else type(image).__name__
+                raise ValueError(
+                    f"{name}: cannot read inputs['image'] {source}: {type(error).__name__}: {error}"
+                ) from None
             encoded = self.processor(text=[text], images=[picture], return_tensors="pt")
             if "pixel_values" not in encoded:
                 # A product without an image still gets a (zero) pixel tensor, so every item has the same keys and
