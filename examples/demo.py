@@ -42,7 +42,7 @@ class DemoBudget:
 
 
 FULL = DemoBudget(cir_images=3000, cir_steps=1500, cir_batch_size=32, products=600, mmaps_epochs=20, shown=5)
-QUICK = DemoBudget(cir_images=360, cir_steps=30, cir_batch_size=16, products=120, mmaps_epochs=1, shown=3)
+QUICK = DemoBudget(cir_images=360, cir_steps=30, cir_batch_size=16, products=120, mmaps_epochs=4, shown=3)
 
 
 def _banner(text: str) -> None:
@@ -201,7 +201,7 @@ def _show_retrievals(rows: list[dict[str, Any]]) -> None:
 
 def _show_summaries(rows: list[dict[str, Any]]) -> None:
     for row in rows:
-        print(f"  {row['sku']}\n    generated: {row['summary']}\n    reference: {row['reference']}\n"
+        print(f"  {row['sku']}\n    generated: {row['summary'] or '(empty: the model emitted end-of-sequence first)'}\n    reference: {row['reference']}\n"
               f"    attributes: {', '.join(row['attributes'])}")
 
 
