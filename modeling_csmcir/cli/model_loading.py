@@ -32,7 +32,7 @@ def model_loading_errors(path: str) -> Iterator[None]:
         yield
     except (ValueError, FileNotFoundError, PermissionError):
         raise
-    except (RuntimeError, OSError, KeyError, TypeError) as err:
+    except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError, torch's RuntimeError, OSError, ...
         text = " ".join(str(err).split())
         if len(text) > 600:
             text = text[:600] + " ..."

@@ -202,6 +202,11 @@ def load_lavis_checkpoint(path: str | os.PathLike, state_dict_key: str | None = 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if any(sign in str(error) for sign in ("Unsupported operand", "invalid load key")):
+            raise ValueError(
+                f"checkpoint {path!r} ({size} bytes) cannot be read by torch.load: not a checkpoint file (e.g. a text "
+                "or HTML page saved under that name)"
+            ) from None
         raise ValueError(
             f"checkpoint {path!r} holds pickled objects that weights_only=True refuses to load ({error}). If you trust "
             "the file, load it yourself with torch.load(..., weights_only=False) and pass the state dict to "
