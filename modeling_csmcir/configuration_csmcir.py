@@ -70,6 +70,12 @@ def _vision_hidden_size(vision_config: PretrainedConfig) -> int:
     )
 
 
+#: `CSMCIRConfig.query_mode` values.
+QUERY_MODES = ("joint", "sprc")
+#: `CSMCIRConfig.target_representation` values.
+TARGET_REPRESENTATIONS = ("vector", "tokens")
+
+
 class CSMCIRConfig(PretrainedConfig):
     r"""Configuration for [`CSMCIRModel`].
 
@@ -95,6 +101,20 @@ class CSMCIRConfig(PretrainedConfig):
             unshared Q-Former (and text embeddings, query tokens, projection) for the target side — an ablation.
         image_only_pooling (`str`, defaults to `"mean"`): how image-only targets (no caption: the asymmetric,
             SPRC-style mode) turn their `num_query_tokens` projected tokens into one vector: `"mean"` or `"first"`.
+            Used with `target_representation="vector"` only.
+        query_mode (`str`, defaults to `"joint"`): how a text [CLS] feature (the query; a captioned target in
+            `"vector"` mode) is computed. `"joint"`: one pass of [query tokens; text] over the image, the text [CLS]
+            state → `text_projection` (the CSMCIR authors' released code). `"sprc"`: SPRC's two passes (its public
+            `blip2_qformer_cir_align_prompt.py`, `inference`): the joint pass, then a second, image-free pass over
+            [the first pass's query-token outputs; text] in which every token takes the text branch (no
+            cross-attention, text feed-forward); the text [CLS] of the *second* pass → `text_projection`.
+        target_representation (`str`, defaults to `"vector"`): `"vector"`: one `(embed_dim,)` vector per target
+            (the text [CLS] feature for captioned targets, pooled query tokens for image-only ones). `"tokens"`:
+            `num_query_tokens` per-token features `(K, embed_dim)`, each L2-normalised, scored by the maximum over
+            tokens (`CSMCIRModel.score`). Image-only targets then follow SPRC's `extract_target_features`
+            (`vision_projection` of the image-only query-token outputs); captioned targets are our reading of the
+            CSMCIR authors' `extract_target_caption_features`: `vision_projection` of the query-token outputs of
+            the joint [query tokens; caption] pass over the target image.
     """
 
     model_type = "csmcir"
@@ -118,6 +138,8 @@ class CSMCIRConfig(PretrainedConfig):
         max_text_length: int = 32,
         share_qformer: bool = True,
         image_only_pooling: str = "mean",
+        query_mode: str = "joint",
+        target_representation: str = "vector",
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
@@ -158,6 +180,17 @@ class CSMCIRConfig(PretrainedConfig):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if image_only_pooling not in ("mean", "first"):
             raise ValueError(f"image_only_pooling must be 'mean' or 'first', got {image_only_pooling!r}")
+        if query_mode not in QUERY_MODES:
+            raise ValueError(
+                f"query_mode must be one of {QUERY_MODES} ('joint': one [query tokens; text] pass, the CSMCIR "
+                f"authors' computation; 'sprc': SPRC's second, image-free pass), got {query_mode!r}"
+            )
+        if target_representation not in TARGET_REPRESENTATIONS:
+            raise ValueError(
+                f"target_representation must be one of {TARGET_REPRESENTATIONS} ('vector': one embedding per target; "
+                f"'tokens': num_query_tokens per-token embeddings scored by their maximum), got "
+                f"{target_representation!r}"
+            )
         if max_text_length > qformer_config.max_position_embeddings:
             raise ValueError(
                 f"max_text_length={max_text_length} exceeds the Q-Former's max_position_embeddings="
@@ -172,6 +205,8 @@ class CSMCIRConfig(PretrainedConfig):
         self.max_text_length = max_text_length
         self.share_qformer = share_qformer
         self.image_only_pooling = image_only_pooling
+        self.query_mode = query_mode
+        self.target_representation = target_representation
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 

@@ -4,12 +4,19 @@ Implements the model of Qian et al., "CSMCIR: CoT-Enhanced Symmetric Alignment w
 Image Retrieval" (ACL Findings 2026), built from transformers' own BLIP-2 modules so that a BLIP-2 checkpoint
 (`Blip2ForImageTextRetrieval`, e.g. `Salesforce/blip2-itm-vit-g`) maps onto it name for name.
 
-* Query tower: reference image + modification text. The query tokens and the text go through the Q-Former in
-  one joint pass (query tokens cross-attend to the image, text tokens attend to the query tokens); the text
-  [CLS] state, projected by `text_projection` and L2-normalised, is the query embedding (as in SPRC).
+* Query tower: reference image + modification text. With `config.query_mode="joint"` (default; the CSMCIR
+  authors' released code) the query tokens and the text go through the Q-Former in one joint pass (query tokens
+  cross-attend to the image, text tokens attend to the query tokens); the text [CLS] state, projected by
+  `text_projection` and L2-normalised, is the query embedding. With `query_mode="sprc"` (SPRC's public code,
+  `blip2_qformer_cir_align_prompt.py` `inference`) a second, image-free pass runs over [the joint pass's
+  query-token outputs; text], every token taking the text branch, and its text [CLS] is projected instead.
 * Target tower: target image + its MCoT caption, through **exactly the same code and parameters**. Without
   a caption (the asymmetric, SPRC-style ablation) the target is encoded from the image alone: the query
-  tokens' outputs, projected by `vision_projection`, normalised per token, pooled, normalised again.
+  tokens' outputs, projected by `vision_projection`, normalised per token, pooled, normalised again. With
+  `config.target_representation="tokens"` targets keep their K per-token features `(K, D)` and are scored by
+  the maximum over tokens (`CSMCIRModel.score`): image-only targets as in SPRC's `extract_target_features`;
+  captioned targets from the query-token outputs of the joint [query tokens; caption] pass — our reading of the
+  CSMCIR authors' `extract_target_caption_features`, whose code path we could not inspect in full.
 * Loss: InfoNCE of each query against the batch's targets (`csmcir_contrastive_loss`), which also accepts
   extra negative logits — the memory bank (`memory_bank.py`) plugs in there.
 
@@ -95,9 +102,10 @@ class CSMCIROutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*): in-batch InfoNCE (returned when `return_loss`).
-        logits_per_query (`torch.FloatTensor` of shape `(B, B)`): `query_embeds @ target_embeds.T / τ`.
+        logits_per_query (`torch.FloatTensor` of shape `(B, B)`): `CSMCIRModel.score(query_embeds, target_embeds) / τ`.
         query_embeds (`torch.FloatTensor` of shape `(B, embed_dim)`): L2-normalised query embeddings.
-        target_embeds (`torch.FloatTensor` of shape `(B, embed_dim)`): L2-normalised target embeddings.
+        target_embeds (`torch.FloatTensor` of shape `(B, embed_dim)` or `(B, K, embed_dim)`): L2-normalised target
+            embeddings (per-token with `config.target_representation="tokens"`).
         query_vision_model_output (`BaseModelOutputWithPooling`, *optional*): the vision tower's output on the
             reference images (`hidden_states` / `attentions` when requested); `None` when `image_embeds` were given.
         query_qformer_model_output (`BaseModelOutputWithPoolingAndCrossAttentions`): the Q-Former's output of the
@@ -165,6 +173,46 @@ def _fused_features(
     text_cls = outputs.last_hidden_state[:, num_query, :]
     text_cls = text_cls.to(tower.text_projection.weight.dtype)
     return F.normalize(tower.text_projection(text_cls), dim=-1), outputs
+
+
+def _sprc_second_pass(
+    tower: CSMCIRQFormerTower | "CSMCIRModel",
+    joint_outputs: BaseModelOutputWithPoolingAndCrossAttentions,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """SPRC's image-free second pass (its `inference`: `Qformer.bert(text, query_embeds=fusion_output[:, :32])`
+    without `encoder_hidden_states`): the projected, normalised text [CLS] of it.
+
+    As in SPRC's `BertEmbeddings`, the word + position embeddings of the text (positions from 0) are appended to
+    the first pass's query-token outputs and the embeddings LayerNorm (`qformer.layernorm` here) is applied to
+    the whole concatenation, those outputs included. `query_length=0` with no image makes every token take
+    self-attention and the text feed-forward branch, as SPRC's modified `BertLayer` does when
+    `encoder_hidden_states` is None."""
+    num_query = tower.query_tokens.shape[1]
+    query_outputs = joint_outputs.last_hidden_state[:, :num_query, :]
+    embeddings = tower.embeddings(input_ids=input_ids, query_embeds=query_outputs)
+    query_mask = torch.ones(
+        query_outputs.shape[0], num_query, dtype=attention_mask.dtype, device=attention_mask.device
+    )
+    outputs = tower.qformer(
+        query_embeds=embeddings,
+        query_length=0,
+        attention_mask=torch.cat([query_mask, attention_mask], dim=1),
+        return_dict=True,
+    )
+    text_cls = outputs.last_hidden_state[:, num_query, :].to(tower.text_projection.weight.dtype)
+    return F.normalize(tower.text_projection(text_cls), dim=-1)
+
+
+def _caption_token_features(
+    tower: CSMCIRQFormerTower | "CSMCIRModel", joint_outputs: BaseModelOutputWithPoolingAndCrossAttentions
+) -> torch.Tensor:
+    """`(B, K, embed_dim)`: `vision_projection` of the query-token outputs of a joint [query tokens; caption] pass,
+    normalised per token (our reading of the CSMCIR authors' `extract_target_caption_features`)."""
+    num_query = tower.query_tokens.shape[1]
+    tokens = joint_outputs.last_hidden_state[:, :num_query, :].to(tower.vision_projection.weight.dtype)
+    return F.normalize(tower.vision_projection(tokens), dim=-1)
 
 
 def _image_token_features(
@@ -393,15 +441,25 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         **output_flags: Any,
     ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None, BaseModelOutputWithPoolingAndCrossAttentions]:
         """One side of the dual tower: its embeddings, the vision tower's output and the Q-Former's. Queries and
-        captioned targets take the same joint pass; only targets may come without text (image-only)."""
+        captioned targets take the same joint pass; only targets may come without text (image-only).
+
+        `text_required` marks the query side. Targets in `target_representation="tokens"` return `(B, K, D)`;
+        everything else `(B, D)`. In `query_mode="sprc"` the returned Q-Former output is the joint (first) pass's."""
         image_embeds, vision_outputs = self._resolve_image_embeds(pixel_values, image_embeds, "", **output_flags)
         if input_ids is None and text_required:
             raise ValueError("`input_ids` is missing: a composed query needs the modification text.")
+        target_tokens = not text_required and self.config.target_representation == "tokens"
         if input_ids is not None:
             input_ids, attention_mask = self._check_text("", input_ids, attention_mask, image_embeds.shape[0])
             embeds, qformer_outputs = _fused_features(tower, image_embeds, input_ids, attention_mask, **output_flags)
+            if target_tokens:
+                return _caption_token_features(tower, qformer_outputs), vision_outputs, qformer_outputs
+            if self.config.query_mode == "sprc":
+                embeds = _sprc_second_pass(tower, qformer_outputs, input_ids, attention_mask)
             return embeds, vision_outputs, qformer_outputs
         tokens, qformer_outputs = _image_token_features(tower, image_embeds, **output_flags)
+        if target_tokens:
+            return tokens, vision_outputs, qformer_outputs
         pooled = tokens[:, 0] if self.config.image_only_pooling == "first" else tokens.mean(dim=1)
         return F.normalize(pooled, dim=-1), vision_outputs, qformer_outputs
 
@@ -415,6 +473,8 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         r"""Query embeddings `(B, embed_dim)`, L2-normalised.
 
         q = normalize(W_text · QFormer([query_tokens; embed(text)], cross-attending to ViT(reference))[CLS_text])
+        with `config.query_mode="joint"`; with `"sprc"`, h = QFormer(...)[:K] (the joint pass's query-token outputs)
+        and q = normalize(W_text · QFormer_text-only([h; embed(text)])[CLS_text]) (SPRC's second pass).
         """
         return self._encode(self, pixel_values, input_ids, attention_mask, image_embeds, text_required=True)[0]
 
@@ -425,10 +485,17 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        r"""Target embeddings `(B, embed_dim)`, L2-normalised.
+        r"""Target embeddings: `(B, embed_dim)` (`config.target_representation="vector"`) or `(B, K, embed_dim)`
+        (`"tokens"`, K = `num_query_tokens`), L2-normalised (per token for `"tokens"`).
 
-        With a caption (`input_ids`), exactly the query computation on (target image, caption): the symmetric
-        tower. Without one, image only: t = normalize(pool_k normalize(W_vision · QFormer(query_tokens, ViT)_k)).
+        `"vector"`: with a caption (`input_ids`), exactly the query computation on (target image, caption): the
+        symmetric tower. Without one, image only: t = normalize(pool_k normalize(W_vision · QFormer(query_tokens,
+        ViT)_k)).
+
+        `"tokens"`: without a caption, t_k = normalize(W_vision · QFormer(query_tokens, ViT)_k) — SPRC's
+        `extract_target_features`. With a caption, t_k = normalize(W_vision · QFormer([query_tokens; caption],
+        ViT)_k), the query-token outputs of the joint pass — our reading of the CSMCIR authors'
+        `extract_target_caption_features`. Score either kind with `score`.
         """
         return self._encode(
             self._target_tower, pixel_values, input_ids, attention_mask, image_embeds, text_required=False
@@ -440,6 +507,33 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         """Per-query-token image features `(B, num_query_tokens, embed_dim)`, each normalised (BLIP-2's ITC image side)."""
         image_embeds, _ = self._resolve_image_embeds(pixel_values, image_embeds, "")
         return _image_token_features(self._target_tower, image_embeds)[0]
+
+    @staticmethod
+    def score(
+        query_embeds: torch.Tensor, target_embeds: torch.Tensor, logit_scale: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
+        r"""Cosine scores `(Q, T)` of queries `(Q, D)` against targets `(T, D)` or token-level targets `(T, K, D)`.
+
+        Vectors: `s_qt = q · t`. Tokens: `s_qt = max_k q · t_k`, the maximum over the target's tokens (SPRC's
+        `inference`: `sim_t2q.max(-1)`). Unscaled unless `logit_scale` (1 / τ, applied to the queries before the
+        product, a positive factor that commutes with the maximum) is given: `forward`'s logits are
+        `score(q, t, model.logit_scale)`.
+        """
+        if query_embeds.dim() != 2:
+            raise ValueError(f"score: query_embeds must be (Q, D), got shape {tuple(query_embeds.shape)}")
+        if target_embeds.dim() not in (2, 3) or target_embeds.shape[-1] != query_embeds.shape[-1]:
+            raise ValueError(
+                f"score: target_embeds must be (T, {query_embeds.shape[-1]}) or (T, K, {query_embeds.shape[-1]}), "
+                f"got shape {tuple(target_embeds.shape)}"
+            )
+        target_embeds = target_embeds.to(query_embeds.dtype)
+        if logit_scale is not None:
+            query_embeds = logit_scale * query_embeds
+        if target_embeds.dim() == 2:
+            return query_embeds @ target_embeds.t()
+        num_targets, num_tokens, dim = target_embeds.shape
+        tokens = query_embeds @ target_embeds.reshape(num_targets * num_tokens, dim).t()
+        return tokens.view(query_embeds.shape[0], num_targets, num_tokens).amax(dim=-1)
 
     # ------------------------------------------------------------------------------------------------ forward
 
@@ -496,7 +590,7 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
                 f"Batch size mismatch: {query_embeds.shape[0]} queries (`pixel_values`/`input_ids`) but "
                 f"{target_embeds.shape[0]} targets (`target_pixel_values`): each query needs its target."
             )
-        logits_per_query = self.logit_scale * query_embeds @ target_embeds.t()
+        logits_per_query = self.score(query_embeds, target_embeds, self.logit_scale)
         loss = None
         if return_loss:
             if target_ids is not None:
