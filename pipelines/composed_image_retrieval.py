@@ -58,7 +58,7 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
     if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{name}: image arrays must be uint8 in [0, 255] or float in [0, 1]; got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.integer) and array.dtype != np.uint8:
-        low, high = (int(array.min(initial=0)), int(array.max(initial=0)))
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
         if low < 0 or high > 255:
             # A uint16 (or int32) image clipped to [0, 255] would come out all white: refuse rather than guess a scale.
             raise ValueError(
@@ -70,7 +70,7 @@ def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise ValueError(f"{name}: the image array holds NaN or infinite values")
-        low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
         if low < 0.0 or high > 255.0:
             raise ValueError(
                 f"{name}: a float image array with values in [{low:g}, {high:g}]; expected [0, 1] (or [0, 255]), "
@@ -252,6 +252,10 @@ class ComposedImageRetrievalPipeline(Pipeline):
         if not items:
             raise ValueError(f"{TASK}: the list of queries is empty")
         if text is not None:
+            if not isinstance(text, (str, list, tuple)):
+                raise ValueError(
+                    f"query 0: the modification text must be a string (or a list of strings), got {type(text).__name__}"
+                )
             texts = [text] if isinstance(text, str) else list(text)
             if len(texts) != len(items):
                 raise ValueError(f"{TASK}: got {len(items)} reference images but {len(texts)} modification texts")

@@ -271,7 +271,9 @@ def _remove_stale_pending(folder: str) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     for entry in os.listdir(folder):
-        if entry.startswith(".") and entry.endswith(_PENDING_SUFFIX):
+        if entry.startswith(".tmp-") and entry.endswith((EMBEDDINGS_FILE, INDEX_FILE, FAISS_FILE)):
+            os.remove(os.path.join(folder, entry))  # a temporary file of a save killed while writing it
+        elif entry.startswith(".") and entry.endswith(_PENDING_SUFFIX):
             if current and entry.endswith(f".{current[:16]}{_PENDING_SUFFIX}"):
                 # The current JSON's own data, never moved into place: finish that switch first.
                 final = entry[1:].rsplit(".", 2)[0]

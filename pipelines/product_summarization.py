@@ -113,6 +113,10 @@ class ProductSummarizationPipeline(Pipeline):
         if has_regions and self._uses_pixels():
             raise ValueError("inputs['visual_features']: this model reads raw images; pass 'image' instead")
         if self._uses_pixels():
+            if (isinstance(image, str) and len(image) < 1024 and not image.startswith(("http://", "https://"))
+                    and not os.path.isfile(image)):
+                # Short strings are paths, not base64 images: say the file is missing, not "Incorrect padding".
+                raise ValueError(f"{name}: cannot read inputs['image'] {image!r}: no such file")
             try:
                 picture = load_image(image) if image is not None else None
             except Exception as error:  # noqa: BLE001 - PIL / httpx / base64 errors, named with their product

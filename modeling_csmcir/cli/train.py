@@ -89,6 +89,11 @@ class DataArguments:
     )
     max_text_length: int | None = field(default=None, metadata={"help": "Token limit (default: the processor's)."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size of the retrieval evaluation."})
+    verify_images: bool = field(
+        default=False,
+        metadata={"help": "Decode every image of the splits before training, so an empty, truncated or oversized "
+                          "file fails up front, named, instead of mid-run."},
+    )
 
     def __post_init__(self) -> None:
         if self.dataset not in BENCHMARKS:
@@ -158,6 +163,19 @@ def check_output_dir(training_args: CSMCIRTrainingArguments) -> None:
         )
 
 
+def verify_split_images(split: Any, source: str) -> None:
+    """Decode every gallery image of a loaded split up front (``--verify_images``)."""
+    from ..data.paths import verify_image_files
+
+    image_feature = type(split["gallery"].features["image"])
+    paths = {row["image_id"]: row["image"]["path"]
+             for row in split["gallery"].cast_column("image", image_feature(decode=False))}
+    queries = split["queries"].cast_column("reference_image", image_feature(decode=False))
+    for reference_id, image in zip(queries["reference_id"], queries["reference_image"]):
+        paths.setdefault(reference_id, image["path"] if image else None)
+    verify_image_files(paths, source)
+
+
 def run_training(model_args: ModelArguments, data_args: DataArguments,
                  training_args: CSMCIRTrainingArguments) -> dict[str, Any]:
     """Train, save the model and processor to `output_dir`, and return (and write) the retrieval metrics."""
@@ -180,6 +198,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
         data_args.dataset, data_args.data_dir, data_args.train_split, category=data_args.category,
         target_captions=caption_file_for(data_args, data_args.train_split),
     )
+    if data_args.verify_images:
+        verify_split_images(train, f"{data_args.dataset} {data_args.train_split}")
     lookup = GalleryTargetLookup(
         train["gallery"], CIRGalleryCollator(processor, use_captions=use_captions, max_text_length=data_args.max_text_length)
     )

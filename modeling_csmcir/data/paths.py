@@ -128,6 +128,37 @@ def check_images_exist(paths: Mapping[str, str | None], source: str) -> None:
         )
 
 
+def verify_image_files(paths: Mapping[str, str | None], source: str, *, decode: bool = True) -> None:
+    """The up-front verification pass: open every image (and with ``decode``, decode it fully) before a run starts,
+    so an empty, truncated, unreadable or oversized (decompression bomb) file fails now, named, not mid-run.
+
+    Raises:
+        ValueError: ``"{n} of {total} images listed by {source} cannot be decoded; first 5: [name (path): reason]"``.
+    """
+    import warnings
+
+    from PIL import Image
+
+    failures = []
+    for name, path in paths.items():
+        if path is None:
+            continue
+        try:
+            if os.path.getsize(path) == 0:
+                raise ValueError("empty file (0 bytes)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.load() if decode else image.verify()
+        except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, DecompressionBomb*, ...
+            failures.append(f"{name} ({path}): {type(err).__name__}: {err}")
+    if failures:
+        raise ValueError(
+            f"{len(failures)} of {len(paths)} images listed by {source} cannot be decoded; first "
+            f"{min(len(failures), MAX_LISTED)}: {failures[:MAX_LISTED]}"
+        )
+
+
 def find_image_file(folder: Path, name: str, *, source: str | os.PathLike = "<data file>", entry: str = "an entry",
                     allow_outside: bool | None = None) -> str | None:
     """``folder / name`` when ``name`` carries an image extension and exists, else the first existing
@@ -169,4 +200,5 @@ __all__ = [
     "require_str",
     "require_str_list",
     "resolve_inside",
+    "verify_image_files",
 ]
