@@ -266,3 +266,40 @@ def test_caption_mapping_with_a_null_caption_is_refused_not_turned_into_none(tmp
     with pytest.raises(ValueError, match=r"target_captions: the caption of 'b' is NoneType None; expected a string"):
         load_cirr(root, "val", target_captions={"a": "red", "b": None})
     assert json.loads((root / "captions" / "cap.rc2.val.json").read_text())  # the data files are untouched
+
+
+# ------------------------------------------------------------------------------------------- up-front image check
+
+def test_the_verification_pass_names_empty_truncated_and_bomb_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from modeling_csmcir.data.paths import verify_image_files
+
+    root = make_cirr(tmp_path / "cirr")
+    (root / "img" / "a.png").write_bytes(b"")
+    big = root / "img" / "b.png"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(big)
+    truncated = root / "img" / "c.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 32 * 32)
+    data = load_cirr(root, "val")  # the loader checks existence only; decoding is the verification pass's job
+    paths = {n: str(root / "img" / f"{n}.png") for n in "abcd"}
+    with pytest.raises(ValueError, match=r"3 of 4 images listed by CIRR val cannot be decoded") as info:
+        verify_image_files(paths, "CIRR val")
+    message = str(info.value)
+    assert "a (" in message and "empty file (0 bytes)" in message
+    assert "b (" in message and "DecompressionBomb" in message
+    assert "c (" in message and "d (" not in message
+    assert len(data["gallery"]) == 4
+
+
+def test_csmcir_train_verify_images_fails_before_training(tmp_path):
+    from modeling_csmcir.cli.train import main as train_main
+
+    root = make_cirr(tmp_path / "cirr", split="train")
+    (root / "img" / "c.png").write_bytes(b"")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"1 of 4 images listed by cirr train cannot be decoded.*c \(.*c\.png\)"):
+        train_main(["--dataset", "cirr", "--data_dir", str(root), "--config_name", "tiny-scratch", "--output_dir",
+                    str(out), "--verify_images", "true", "--report_to", "none", "--use_cpu", "--max_steps", "1"])
+    assert not (out / "config.json").exists() and not list(out.glob("checkpoint-*"))
