@@ -20,6 +20,22 @@ name                      what it is
                           ``Salesforce/blip2-itm-vit-g`` converts to. For performance runs (random weights).
 ========================  ====================================================================================
 
+Scoring presets are the second, independent axis: *how* queries and targets are computed and scored, with the
+preprocessing that goes with it. Any size combines with any scoring preset
+(``preset_config("tiny", scoring="sprc")``, ``preset_model("blip2-vitg", scoring="csmcir-authors")``):
+
+========================  ====================================================================================
+scoring preset            what it is
+========================  ====================================================================================
+``ours``                  one joint pass for queries, one vector per target, the image processor's square resize,
+                          captions as given: ``CSMCIRConfig``'s / ``CSMCIRProcessor``'s defaults.
+``sprc``                  SPRC (its public code): the second, image-free query pass (``query_mode="sprc"``),
+                          ``num_query_tokens`` target features scored by their maximum (``target_representation=
+                          "tokens"``), ``targetpad`` images (ratio 1.25) and BLIP caption normalisation.
+``csmcir-authors``        the CSMCIR authors' released code as we read it: one joint query pass, token-level targets
+                          (captioned ones from the joint pass's query tokens), ``targetpad`` and BLIP captions.
+========================  ====================================================================================
+
 Initialisation stds are part of a preset because they decide whether a from-scratch tiny model trains at all:
 ``Blip2VisionConfig`` defaults to 1e-10, which maps every image to the same features, and BERT's 0.02 leaves a
 2-layer Q-Former nearly input-independent at init; 0.02 (vision) and 0.1 (Q-Former) train in tens of steps.
@@ -93,6 +109,70 @@ PRESETS: dict[str, CSMCIRPreset] = {
 }
 
 
+@dataclass(frozen=True)
+class ScoringPreset:
+    """One named scoring computation: ``CSMCIRConfig`` fields (``model``) and ``CSMCIRProcessor`` settings
+    (``processor``) that select it. Combines with any size preset."""
+
+    description: str
+    model: dict[str, Any] = field(default_factory=dict)
+    processor: dict[str, Any] = field(default_factory=dict)
+
+
+_ORIGINALS_PREPROCESSING = dict(image_preprocessing="targetpad", caption_normalization="blip", targetpad_ratio=1.25)
+
+SCORING_PRESETS: dict[str, ScoringPreset] = {
+    "ours": ScoringPreset(
+        "one joint query pass, one vector per target, square resize, captions as given (the defaults)",
+        dict(query_mode="joint", target_representation="vector"),
+        dict(image_preprocessing="resize", caption_normalization="none"),
+    ),
+    "sprc": ScoringPreset(
+        "SPRC: second image-free query pass, max over target tokens, targetpad + BLIP captions",
+        dict(query_mode="sprc", target_representation="tokens"),
+        dict(_ORIGINALS_PREPROCESSING),
+    ),
+    "csmcir-authors": ScoringPreset(
+        "CSMCIR authors' code (our reading): joint query pass, max over target tokens, targetpad + BLIP captions",
+        dict(query_mode="joint", target_representation="tokens"),
+        dict(_ORIGINALS_PREPROCESSING),
+    ),
+}
+#: The scoring preset of a model built without one.
+DEFAULT_SCORING = "ours"
+
+
+def get_scoring_preset(name: str | None) -> ScoringPreset:
+    """The scoring preset called ``name`` (``None``: ``DEFAULT_SCORING``); ``ValueError`` naming the known ones."""
+    name = DEFAULT_SCORING if name is None else name
+    if name not in SCORING_PRESETS:
+        raise ValueError(f"unknown CSMCIR scoring preset {name!r}; expected one of {sorted(SCORING_PRESETS)}")
+    return SCORING_PRESETS[name]
+
+
+def scoring_preset_of(config: CSMCIRConfig, processor: Any = None) -> str | None:
+    """The name of the scoring preset ``config`` (and ``processor``, when given) match, or None."""
+    for name, preset in SCORING_PRESETS.items():
+        if all(getattr(config, key) == value for key, value in preset.model.items()) and (
+            processor is None or all(getattr(processor, key, None) == value for key, value in preset.processor.items())
+        ):
+            return name
+    return None
+
+
+def apply_scoring_preset(config: CSMCIRConfig, processor: Any = None, scoring: str = DEFAULT_SCORING) -> None:
+    """Set ``config``'s (and ``processor``'s) fields to scoring preset ``scoring``, in place (e.g. after a
+    conversion, whose shapes come from the checkpoint and whose computation comes from the method)."""
+    preset = get_scoring_preset(scoring)
+    probe = CSMCIRConfig(vision_config=config.vision_config, qformer_config=config.qformer_config,
+                         **{**{k: getattr(config, k) for k in ("num_query_tokens", "embed_dim")}, **preset.model})
+    for key, value in preset.model.items():
+        setattr(config, key, getattr(probe, key))
+    if processor is not None:
+        for key, value in preset.processor.items():
+            setattr(processor, key, value)
+
+
 #: Tiny vision towers of the other supported backbone families (width 32, 2 layers, 8-px patches), for
 #: ``preset_config(..., vision_config=preset_vision_config(family))``: the tests' and examples' CLIP / SigLIP /
 #: DINOv2 backbones. ``blip2`` is the presets' own tower.
@@ -135,6 +215,7 @@ def preset_config(
     hidden_size: int | None = None,
     num_layers: int | None = None,
     minilm_dir: str | os.PathLike | None = None,
+    scoring: str | None = None,
     **overrides: Any,
 ) -> CSMCIRConfig:
     """The ``CSMCIRConfig`` of preset ``name``.
@@ -146,10 +227,13 @@ def preset_config(
             knobs the ablation benchmark sweeps.
         vision_config / qformer_config: replace the preset's sub-config whole (a config or a dict).
         minilm_dir: for BERT-shaped presets, the all-MiniLM-L6-v2 folder (default: the installed package's).
+        scoring: a scoring preset (``SCORING_PRESETS``: ``ours``, ``sprc``, ``csmcir-authors``) whose
+            ``query_mode`` / ``target_representation`` are set; explicit ``overrides`` still win.
         overrides: ``CSMCIRConfig`` arguments over the preset's settings (e.g. ``share_qformer=False``);
             ``qformer_<key>=`` / ``vision_<key>=`` prefixed keys override one sub-config field.
     """
     preset = get_preset(name)
+    scoring_settings = get_scoring_preset(scoring).model if scoring is not None else {}
     resized: dict[str, Any] = {}
     if hidden_size is not None:
         resized.update(hidden_size=hidden_size, intermediate_size=2 * hidden_size)
@@ -166,7 +250,8 @@ def preset_config(
             qformer_config = _minilm_qformer(minilm_dir, {**preset.qformer, **qformer_fields})
         else:
             qformer_config = {**preset.qformer, **resized, "vocab_size": vocab_size, **qformer_fields}
-    return CSMCIRConfig(vision_config=vision_config, qformer_config=qformer_config, **{**preset.settings, **overrides})
+    return CSMCIRConfig(vision_config=vision_config, qformer_config=qformer_config,
+                        **{**preset.settings, **scoring_settings, **overrides})
 
 
 def _minilm_qformer(minilm_dir: str | os.PathLike | None, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +269,8 @@ def _minilm_qformer(minilm_dir: str | os.PathLike | None, overrides: dict[str, A
 
 
 def preset_processor(
-    name: str = "tiny", *, image_size: int | None = None, max_text_length: int = 32, vision_config: Any = None
+    name: str = "tiny", *, image_size: int | None = None, max_text_length: int = 32, vision_config: Any = None,
+    scoring: str | None = None,
 ) -> CSMCIRProcessor:
     """The processor every preset uses, built offline: the vision backbone's image processor and BERT-uncased's
     tokenizer from the installed all-MiniLM-L6-v2 package, or (without it) a small generated WordPiece vocabulary
@@ -195,8 +281,10 @@ def preset_processor(
             BLIP-2 ViT, without one).
         vision_config: the backbone replacing the preset's BLIP-2 ViT (a config or a dict): its own image processor
             is used (CLIP's, SigLIP's, DINOv2's; ``processing_csmcir.image_processor_for_vision_config``).
+        scoring: a scoring preset whose preprocessing (``image_preprocessing``, ``caption_normalization``) is set.
     """
-    get_preset(name)  # every preset shares the processor; the name is still checked
+    get_preset(name)
+    processor_settings = get_scoring_preset(scoring).processor  # every preset shares the processor; the name is still checked
     from transformers import BertTokenizer
 
     from .conversion.bert_seeding import find_minilm_model_dir
@@ -214,12 +302,14 @@ def preset_processor(
         words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
         tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
     tokenizer.model_max_length = max_text_length
-    return CSMCIRProcessor(image_processor=image_processor, tokenizer=tokenizer, max_text_length=max_text_length)
+    return CSMCIRProcessor(image_processor=image_processor, tokenizer=tokenizer, max_text_length=max_text_length,
+                           **processor_settings)
 
 
-def preset_model(name: str = "tiny", *, image_size: int = 32, **overrides: Any):
+def preset_model(name: str = "tiny", *, image_size: int = 32, scoring: str | None = None, **overrides: Any):
     """``(CSMCIRModel, CSMCIRProcessor)`` of preset ``name``, the config's vocabulary matched to the tokenizer and the
     image processor to the vision tower (``vision_config=`` a CLIP tower gets CLIP's image processor, and so on).
+    ``scoring`` (a scoring preset) sets the model's computation and the processor's preprocessing together.
 
     The ``minilm`` preset's Q-Former is seeded from the installed all-MiniLM-L6-v2 weights.
     """
@@ -228,8 +318,9 @@ def preset_model(name: str = "tiny", *, image_size: int = 32, **overrides: Any):
     # An explicit vision tower sets its own resolution (preset_config ignores image_size then), and its processor.
     vision_config = overrides.get("vision_config")
     processor = preset_processor(name, image_size=None if vision_config is not None else image_size,
-                                 vision_config=vision_config)
-    model = CSMCIRModel(preset_config(name, vocab_size=len(processor.tokenizer), image_size=image_size, **overrides))
+                                 vision_config=vision_config, scoring=scoring)
+    model = CSMCIRModel(preset_config(name, vocab_size=len(processor.tokenizer), image_size=image_size,
+                                      scoring=scoring, **overrides))
     if get_preset(name).bert_shaped:
         from .conversion.bert_seeding import find_minilm_model_dir, seed_qformer_from_bert
 
@@ -237,5 +328,6 @@ def preset_model(name: str = "tiny", *, image_size: int = 32, **overrides: Any):
     return model, processor
 
 
-__all__ = ["BERT_VOCAB_SIZE", "CSMCIRPreset", "PRESETS", "VISION_FAMILIES", "get_preset", "preset_config",
-           "preset_model", "preset_processor", "preset_vision_config"]
+__all__ = ["BERT_VOCAB_SIZE", "CSMCIRPreset", "DEFAULT_SCORING", "PRESETS", "SCORING_PRESETS", "ScoringPreset",
+           "VISION_FAMILIES", "apply_scoring_preset", "get_preset", "get_scoring_preset", "preset_config",
+           "preset_model", "preset_processor", "preset_vision_config", "scoring_preset_of"]

@@ -16,6 +16,8 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.utils import logging
 
+from .preprocessing_csmcir import TARGETPAD_RATIO, normalize_caption, targetpad_transform
+
 logger = logging.get_logger(__name__)
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -23,6 +25,10 @@ OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 DEFAULT_MAX_TEXT_LENGTH = 32  # SPRC's text length, when neither the processor nor its tokenizer sets one
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+#: `CSMCIRProcessor(image_preprocessing=...)` values.
+IMAGE_PREPROCESSING = ("resize", "targetpad")
+#: `CSMCIRProcessor(caption_normalization=...)` values.
+CAPTION_NORMALIZATION = ("none", "blip")
 
 
 def image_processor_for_vision_config(vision_config: Any, image_size: int | None = None) -> Any:
@@ -136,6 +142,15 @@ class CSMCIRProcessor(ProcessorMixin):
             and converters set to the model's `max_text_length`), so it ranks above the tokenizer's own `max_length`
             (sentence-transformers' BERT folders store 128, more than a small Q-Former has positions for). Unset,
             the tokenizer's own `max_length` applies, else 32.
+        image_preprocessing (`str`, defaults to `"resize"`): `"resize"` leaves images to the image processor (BLIP's
+            square resize for BLIP-2). `"targetpad"` first applies the originals' `targetpad_transform`
+            (`preprocessing_csmcir.targetpad_transform`: pad towards aspect ratio `targetpad_ratio`, resize the
+            shorter side to the image processor's size, centre crop), as SPRC's and the CSMCIR authors' code do; the
+            image processor's own resize is then the identity and its rescale / normalisation apply as usual.
+        targetpad_ratio (`float`, defaults to 1.25): the originals' target ratio.
+        caption_normalization (`str`, defaults to `"none"`): `"blip"` normalises every text (modification texts and
+            captions) with BLIP's caption processor (`preprocessing_csmcir.normalize_caption`: lower-case, `.!"()*#:;~`
+            to spaces, at most 50 words) before tokenisation, as both originals do.
     """
 
     valid_processor_kwargs = CSMCIRProcessorKwargs
@@ -144,10 +159,70 @@ class CSMCIRProcessor(ProcessorMixin):
     images_kwargs = {"return_tensors": "pt"}
 
     def __init__(
-        self, image_processor: Any = None, tokenizer: Any = None, max_text_length: int | None = None, **kwargs: Any
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        max_text_length: int | None = None,
+        image_preprocessing: str = "resize",
+        caption_normalization: str = "none",
+        targetpad_ratio: float = TARGETPAD_RATIO,
+        **kwargs: Any,
     ):
+        if image_preprocessing not in IMAGE_PREPROCESSING:
+            raise ValueError(f"image_preprocessing must be one of {IMAGE_PREPROCESSING}, got {image_preprocessing!r}")
+        if caption_normalization not in CAPTION_NORMALIZATION:
+            raise ValueError(
+                f"caption_normalization must be one of {CAPTION_NORMALIZATION}, got {caption_normalization!r}"
+            )
+        if isinstance(targetpad_ratio, bool) or not isinstance(targetpad_ratio, (int, float)) or not targetpad_ratio >= 1:
+            raise ValueError(f"targetpad_ratio must be a number >= 1, got {targetpad_ratio!r}")
         self.max_text_length = max_text_length
+        self.image_preprocessing = image_preprocessing
+        self.caption_normalization = caption_normalization
+        self.targetpad_ratio = float(targetpad_ratio)
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def _target_size(self) -> int:
+        """The side of the image processor's square output (its crop size when it crops, else its size)."""
+        processor = self.image_processor
+        for attribute in ("crop_size", "size"):
+            size = getattr(processor, attribute, None)
+            if attribute == "crop_size" and not getattr(processor, "do_center_crop", False):
+                continue
+            if isinstance(size, dict) or hasattr(size, "get"):
+                for key in ("height", "shortest_edge", "width"):
+                    if size.get(key):
+                        return int(size[key])
+            elif isinstance(size, int):
+                return size
+        raise ValueError(
+            f"image_preprocessing='targetpad': cannot read an output size from {type(processor).__name__}"
+        )
+
+    def _targetpad(self, images: list[Any]) -> list[Image.Image]:
+        size = self._target_size()
+        padded = []
+        for image in images:
+            if not isinstance(image, Image.Image):
+                array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+                if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+                    array = array.transpose(1, 2, 0)  # CHW → HWC
+                if array.dtype != np.uint8:
+                    array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8) if array.max() <= 1 else (
+                        np.clip(array, 0, 255).astype(np.uint8))
+                image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+            padded.append(targetpad_transform(image, size, self.targetpad_ratio))
+        return padded
+
+    def _normalize_texts(self, texts: list[str]) -> list[str]:
+        normalized = [normalize_caption(text) for text in texts]
+        for index, (original, text) in enumerate(zip(texts, normalized)):
+            if not text.strip():
+                raise ValueError(
+                    f"text[{index}] ({original!r}) is empty after caption_normalization='blip' (BLIP's caption "
+                    "processor turns .!\"()*#:;~ into spaces)"
+                )
+        return normalized
 
     def __call__(
         self,
@@ -175,9 +250,15 @@ class CSMCIRProcessor(ProcessorMixin):
         return_tensors = text_kwargs.get("return_tensors") if text is not None else images_kwargs.get("return_tensors")
         data: dict[str, Any] = {}
         if text is not None:
-            data.update(self.tokenizer(_check_text(text), **text_kwargs))
+            texts = _check_text(text)
+            if self.caption_normalization == "blip":
+                texts = self._normalize_texts(texts)
+            data.update(self.tokenizer(texts, **text_kwargs))
         if images is not None:
-            data.update(self.image_processor(_check_images(images), **images_kwargs))
+            checked = _check_images(images)
+            if self.image_preprocessing == "targetpad":
+                checked = self._targetpad(checked)
+            data.update(self.image_processor(checked, **images_kwargs))
         return BatchFeature(data, tensor_type=return_tensors)
 
     @property
@@ -185,4 +266,4 @@ class CSMCIRProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["CSMCIRProcessor", "CSMCIRProcessorKwargs", "image_processor_for_vision_config"]
+__all__ = ["CAPTION_NORMALIZATION", "IMAGE_PREPROCESSING", "CSMCIRProcessor", "CSMCIRProcessorKwargs", "image_processor_for_vision_config"]
