@@ -208,12 +208,91 @@ def generate_mcot_captions(
         ValueError: before any work, when the pipeline's processor cannot take images or has no chat template,
             or ``batch_size``/``max_new_tokens`` are not positive.
     """
+    # One job per caption file: held before anything is checked or read, until the last write.
     with exclusive_output_lock(caption_lock_file(output_file), what=f"caption file {os.fspath(output_file)!r}"):
-        return _generate_mcot_captions(
-            pipe, images, output_file, prompt=prompt, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            generate_kwargs=generate_kwargs, save_every=save_every, num_workers=num_workers,
-            max_fallback_chars=max_fallback_chars, on_batch_end=on_batch_end, show_progress=show_progress,
-        )
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size} and {max_new_tokens})")
+        check_captioning_processor(getattr(pipe, "processor", None), type(getattr(pipe, "model", pipe)).__name__)
+        if isinstance(prompt, str):
+            prompt = load_mcot_prompt(prompt)
+        names = [r.name for r in images]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"image names must be unique (got {dup!r} more than once)")
+
+        cache = CaptionCache(output_file)
+        report = CaptioningReport(output_file=cache.output_file, total=len(images))
+        todo = [r for r in images if r.name not in cache]
+        report.reused = len(images) - len(todo)
+        if report.reused:
+            logger.info("%s: %d of %d images already captioned, resuming", cache.output_file, report.reused, len(images))
+        gen_kwargs = {"do_sample": False, **(generate_kwargs or {})}
+        tokenizer = getattr(pipe.processor, "tokenizer", None)
+
+        def run(chats: list) -> list[str]:
+            outputs = pipe(
+                chats,
+                batch_size=len(chats),
+                max_new_tokens=max_new_tokens,
+                return_full_text=False,
+                generate_kwargs=gen_kwargs,
+            )
+            return [_generated_text(o) for o in outputs]
+
+        start = time.perf_counter()
+        bar = tqdm(total=len(todo), unit="img", desc="MCoT captions", disable=not show_progress)
+        try:
+            for batch_index, loaded in enumerate(_prefetched(_batches(todo, batch_size), num_workers)):
+                good = []
+                for record, image, error in loaded:
+                    if error is None:
+                        good.append((record, image))
+                    else:
+                        report.skipped[record.name] = error
+                        logger.warning("skipping image %r (%s): %s", record.name, record.source, error)
+                texts: dict[str, str] = {}
+                if good:
+                    chats = [build_mcot_messages(image, prompt) for _, image in good]
+                    try:
+                        texts = dict(zip((r.name for r, _ in good), run(chats)))
+                    except Exception as batch_error:  # noqa: BLE001 — isolate the image(s) at fault
+                        if len(good) == 1:
+                            raise
+                        logger.warning("batch %d failed (%s); retrying its images one by one", batch_index, batch_error)
+                        for (record, _), chat in zip(good, chats):
+                            try:
+                                texts[record.name] = run([chat])[0]
+                            except Exception as err:  # noqa: BLE001
+                                report.skipped[record.name] = f"generation failed ({type(err).__name__}: {err})"
+                                logger.warning("skipping image %r: %s", record.name, report.skipped[record.name])
+                        if not texts:
+                            raise batch_error
+                entries: dict[str, CaptionEntry] = {}
+                for name, text in texts.items():
+                    entry = parse_mcot_answer(text, max_fallback_chars=max_fallback_chars)
+                    if FALLBACK_REASON_KEY in entry:
+                        report.fallbacks += 1
+                        logger.info("image %r: %s", name, entry[FALLBACK_REASON_KEY])
+                    if tokenizer is not None:
+                        report.generated_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                    entries[name] = entry
+                cache.add(entries)
+                report.captioned += len(entries)
+                elapsed = time.perf_counter() - start
+                bar.update(len(loaded))
+                bar.set_postfix(tok_s=f"{report.generated_tokens / max(elapsed, 1e-9):.1f}", skipped=len(report.skipped))
+                if save_every > 0 and (batch_index + 1) % save_every == 0:
+                    cache.save()
+                if on_batch_end is not None:
+                    on_batch_end(batch_index, entries)
+        finally:
+            bar.close()
+            report.seconds = time.perf_counter() - start
+            # Also on an exception or Ctrl-C: what finished is folded into the caption file.
+            cache.save()
+        if report.skipped:
+            logger.warning("%d image(s) skipped: %s", len(report.skipped), report.skipped)
+        return report
 
 
 def caption_lock_file(output_file: str | os.PathLike) -> Path:
@@ -222,105 +301,4 @@ def caption_lock_file(output_file: str | os.PathLike) -> Path:
     return output_file.with_name(output_file.name + ".lock")
 
 
-def _generate_mcot_captions(
-    pipe: Any,
-    images: Sequence[ImageRecord],
-    output_file: str | os.PathLike,
-    *,
-    prompt: MCoTPrompt | str = "general",
-    batch_size: int = 4,
-    max_new_tokens: int = 512,
-    generate_kwargs: dict[str, Any] | None = None,
-    save_every: int = 50,
-    num_workers: int = 2,
-    max_fallback_chars: int = 300,
-    on_batch_end: Callable[[int, dict[str, CaptionEntry]], None] | None = None,
-    show_progress: bool = True,
-) -> CaptioningReport:
-    """The run itself, under the caption file's lock (see :func:`generate_mcot_captions`)."""
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size} and {max_new_tokens})")
-    check_captioning_processor(getattr(pipe, "processor", None), type(getattr(pipe, "model", pipe)).__name__)
-    if isinstance(prompt, str):
-        prompt = load_mcot_prompt(prompt)
-    names = [r.name for r in images]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"image names must be unique (got {dup!r} more than once)")
-
-    cache = CaptionCache(output_file)
-    report = CaptioningReport(output_file=cache.output_file, total=len(images))
-    todo = [r for r in images if r.name not in cache]
-    report.reused = len(images) - len(todo)
-    if report.reused:
-        logger.info("%s: %d of %d images already captioned, resuming", cache.output_file, report.reused, len(images))
-    gen_kwargs = {"do_sample": False, **(generate_kwargs or {})}
-    tokenizer = getattr(pipe.processor, "tokenizer", None)
-
-    def run(chats: list) -> list[str]:
-        outputs = pipe(
-            chats,
-            batch_size=len(chats),
-            max_new_tokens=max_new_tokens,
-            return_full_text=False,
-            generate_kwargs=gen_kwargs,
-        )
-        return [_generated_text(o) for o in outputs]
-
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc="MCoT captions", disable=not show_progress)
-    try:
-        for batch_index, loaded in enumerate(_prefetched(_batches(todo, batch_size), num_workers)):
-            good = []
-            for record, image, error in loaded:
-                if error is None:
-                    good.append((record, image))
-                else:
-                    report.skipped[record.name] = error
-                    logger.warning("skipping image %r (%s): %s", record.name, record.source, error)
-            texts: dict[str, str] = {}
-            if good:
-                chats = [build_mcot_messages(image, prompt) for _, image in good]
-                try:
-                    texts = dict(zip((r.name for r, _ in good), run(chats)))
-                except Exception as batch_error:  # noqa: BLE001 — isolate the image(s) at fault
-                    if len(good) == 1:
-                        raise
-                    logger.warning("batch %d failed (%s); retrying its images one by one", batch_index, batch_error)
-                    for (record, _), chat in zip(good, chats):
-                        try:
-                            texts[record.name] = run([chat])[0]
-                        except Exception as err:  # noqa: BLE001
-                            report.skipped[record.name] = f"generation failed ({type(err).__name__}: {err})"
-                            logger.warning("skipping image %r: %s", record.name, report.skipped[record.name])
-                    if not texts:
-                        raise batch_error
-            entries: dict[str, CaptionEntry] = {}
-            for name, text in texts.items():
-                entry = parse_mcot_answer(text, max_fallback_chars=max_fallback_chars)
-                if FALLBACK_REASON_KEY in entry:
-                    report.fallbacks += 1
-                    logger.info("image %r: %s", name, entry[FALLBACK_REASON_KEY])
-                if tokenizer is not None:
-                    report.generated_tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                entries[name] = entry
-            cache.add(entries)
-            report.captioned += len(entries)
-            elapsed = time.perf_counter() - start
-            bar.update(len(loaded))
-            bar.set_postfix(tok_s=f"{report.generated_tokens / max(elapsed, 1e-9):.1f}", skipped=len(report.skipped))
-            if save_every > 0 and (batch_index + 1) % save_every == 0:
-                cache.save()
-            if on_batch_end is not None:
-                on_batch_end(batch_index, entries)
-    finally:
-        bar.close()
-        report.seconds = time.perf_counter() - start
-        # Also on an exception or Ctrl-C: what finished is folded into the caption file.
-        cache.save()
-    if report.skipped:
-        logger.warning("%d image(s) skipped: %s", len(report.skipped), report.skipped)
-    return report
-
-
-__all__ = ["CaptionCache", "CaptioningReport", "generate_mcot_captions"]
+__all__ = ["CaptionCache", "CaptioningReport", "caption_lock_file", "generate_mcot_captions"]

@@ -79,6 +79,7 @@ def test_n_steps_plus_resume_equals_2n_straight_from_the_cli(straight_runs, cirr
 def test_published_folder_holds_no_pickle_and_no_token(straight_runs):
     folder = straight_runs / "first"
     assert not list(folder.rglob("training_args.bin")), "Trainer's pickled arguments were left in the folder"
+    assert not (folder / ".csmcir-train.lock").exists()  # a finished job removes its lock
     saved = json.loads((folder / "training_args.json").read_text())
     assert saved["seed"] == 7 and "hub_token" not in saved
     for path in folder.rglob("*"):
@@ -103,7 +104,7 @@ def test_a_concurrent_run_on_the_same_output_dir_names_the_first(cirr_data, tmp_
     with exclusive_output_lock(out / ".csmcir-train.lock", what="held by this test"):
         with pytest.raises(OutputInUseError, match=rf"--output_dir .*busy is in use by job pid {os.getpid()}"):
             train_main(_train_argv(cirr_data, out))
-    assert listing(out) == [".csmcir-train.lock"]
+    assert listing(out) == []  # nothing written, and the lock file went with the first job
 
 
 # ------------------------------------------------------------------------------------------- model folders
