@@ -90,9 +90,21 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         if self.args.freeze_temperature and isinstance(getattr(self.model, "temperature", None), nn.Parameter):
             self.model.temperature.requires_grad_(False)
         embed_dim = int(self.model.config.embed_dim)
-        self.memory_bank = memory_bank if memory_bank is not None else self.args.build_memory_bank(embed_dim)
+        # Token-level targets (config.target_representation="tokens") are stored as (K, D) entries scored by the
+        # maximum over their tokens, as CSMCIRModel.score scores them.
+        tokens = getattr(self.model.config, "target_representation", "vector") == "tokens"
+        tokens_per_entry = int(self.model.config.num_query_tokens) if tokens else None
+        if memory_bank is None:
+            memory_bank = self.args.build_memory_bank(embed_dim, tokens_per_entry=tokens_per_entry)
+        self.memory_bank = memory_bank
         if self.memory_bank.dim != embed_dim:
             raise ValueError(f"memory_bank.dim is {self.memory_bank.dim} but the model's embed_dim is {embed_dim}")
+        if self.memory_bank.tokens_per_entry != tokens_per_entry:
+            raise ValueError(
+                f"memory_bank.tokens_per_entry is {self.memory_bank.tokens_per_entry} but the model's targets are "
+                f"{'token-level with ' + str(tokens_per_entry) + ' tokens' if tokens else 'single vectors'} "
+                f"(config.target_representation={self.model.config.target_representation!r})"
+            )
         if target_lookup is None and self.train_dataset is not None:
             target_lookup = getattr(self.train_dataset, "target_inputs", None)
         if self.args.bank_refresh_every > 0 and target_lookup is None:
@@ -122,7 +134,7 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         step = self.state.global_step
         bank = self.memory_bank
         if not model.training or bank.strategy == "none":
-            outputs = model(**inputs)
+            outputs = model(**inputs, return_dict=True)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
 
         target_ids = inputs.get("target_ids")
@@ -132,7 +144,7 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
                 "bank and to replace stale entries; the CIR collators add them. Use bank_strategy='none' without."
             )
         # The model's own loss is skipped: memory_bank_loss computes the step's loss once, bank negatives included.
-        outputs = model(**inputs, return_loss=False)
+        outputs = model(**inputs, return_loss=False, return_dict=True)
         target_ids = target_ids.reshape(-1).to(outputs.query_embeds.device)
         if bank.device != outputs.query_embeds.device:
             bank.to(outputs.query_embeds.device)

@@ -66,8 +66,11 @@ class CSMCIRTrainingArguments(TrainingArguments):
     def _bank_max_age(self) -> int | None:
         return self.bank_max_age if self.bank_max_age >= 0 else None
 
-    def build_memory_bank(self, dim: int, device: torch.device | str | None = None) -> MemoryBank:
-        """The `MemoryBank` these arguments describe, for embeddings of size `dim`."""
+    def build_memory_bank(
+        self, dim: int, device: torch.device | str | None = None, tokens_per_entry: int | None = None
+    ) -> MemoryBank:
+        """The `MemoryBank` these arguments describe, for embeddings of size `dim`; `tokens_per_entry=K` for a model
+        whose targets are token-level (`config.target_representation="tokens"`: K = `config.num_query_tokens`)."""
         return MemoryBank(
             capacity=self.bank_size,
             dim=dim,
@@ -79,6 +82,7 @@ class CSMCIRTrainingArguments(TrainingArguments):
             start_step=self.bank_start_step,
             device=device,
             weight=self.bank_weight,
+            tokens_per_entry=tokens_per_entry,
         )
 
 

@@ -354,7 +354,9 @@ class ComposedImageRetrievalPipeline(Pipeline):
         """Encode gallery images with the model's target tower into a `GalleryIndex`.
 
         With captions, each target is `get_target_features(image, caption)` — exactly the query computation, the
-        symmetric tower; without, the image-only target embedding. A gallery is encoded one way throughout.
+        symmetric tower; without, the image-only target embedding. A gallery is encoded one way throughout. A model
+        with `config.target_representation="tokens"` gives a token-level `(N, K, D)` index, ranked by the maximum
+        over each item's tokens (`CSMCIRModel.score`).
 
         Args:
             images: a list of images (PIL / path / URL / base64 / array), or a `datasets.Dataset`. For a dataset,
@@ -427,7 +429,7 @@ class ComposedImageRetrievalPipeline(Pipeline):
                 )
 
         embeddings = encode_targets(self.model, encoded_batches(), total=num_items, show_progress=show_progress)
-        identity = dict(self.model_identity(), embed_dim=int(embeddings.shape[1]))
+        identity = dict(self.model_identity(), embed_dim=int(embeddings.shape[-1]))  # (N, D) or (N, K, D)
         identity["target_inputs"] = "image" if captions is None else "image+caption"
         return GalleryIndex(embeddings, ids=ids, metadata=metadata, model_identity=identity, dtype=dtype)
 

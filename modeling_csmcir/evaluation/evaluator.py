@@ -115,7 +115,8 @@ def build_gallery_index(
     show_progress: bool = True,
 ) -> GalleryIndex:
     """A ``GalleryIndex`` of the gallery split (ids = ``image_id``) from ``model.get_target_features`` (image +
-    caption, or image only), cached."""
+    caption, or image only), cached. Token-level targets give a ``(N, K, D)`` index, searched by the maximum over
+    tokens; the processor's preprocessing (``targetpad``, BLIP captions) applies through the collator."""
     key = GalleryIndexCache.make_key(model, gallery, use_captions, processor, max_text_length) if cache is not None else None
     if cache is not None:
         cached = cache.get(key)
@@ -161,7 +162,8 @@ def encode_queries(
 class CIREvaluationResult:
     """Metrics of one evaluation plus what produced them (for submissions and analysis).
 
-    ``scores[q, g]`` is the cosine similarity of query ``q`` and gallery image ``g``.
+    ``scores[q, g]`` is the cosine similarity of query ``q`` and gallery image ``g`` — for token-level targets
+    (``config.target_representation="tokens"``) the maximum over ``g``'s tokens, as ``CSMCIRModel.score``.
     """
 
     metrics: dict[str, float | str]
