@@ -4,11 +4,13 @@
 
     csmcir-convert --checkpoint csmcir_fashioniq.pt --output_dir csmcir-fashioniq \\
         [--vision_config '{"num_attention_heads": 16}'] [--qformer_config cfg.json] \\
-        [--tokenizer_name_or_path bert-base-uncased] [--allow_missing]
+        [--tokenizer_name_or_path bert-base-uncased] [--allow_missing] [--preset auto|sprc|csmcir-authors|ours]
 
 The folder holds the model (safetensors + remote code), the processor (BLIP-2's 224-px image preprocessing and the
 Q-Former's BERT-uncased tokenizer) and ``conversion_report.json`` (every key not converted, with the reason, and
-every weight not filled). A checkpoint that leaves model weights unfilled is refused unless ``--allow_missing``.
+every weight not filled, the scoring preset applied and what is done with each method extra). ``--preset`` picks
+the computation and preprocessing (default ``auto``: detected from ``prompt_tokens`` / ``token_importance``).
+A checkpoint that leaves model weights unfilled is refused unless ``--allow_missing``.
 The work is :func:`~modeling_csmcir.conversion.lavis.convert_lavis_to_folder`; a failed run leaves nothing behind.
 """
 
@@ -49,6 +51,14 @@ class ConvertArguments:
     state_dict_key: str | None = field(default=None, metadata={"help": "Entry holding the state dict, if the checkpoint has several."})
     allow_missing: bool = field(default=False, metadata={"help": "Write the model even if some weights were not in the checkpoint."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output_dir."})
+    preset: str = field(
+        default="auto",
+        metadata={"help": "Scoring preset: sprc (second query pass, max over target tokens, targetpad + BLIP "
+                  "captions), csmcir-authors (joint pass, target tokens, targetpad + BLIP captions), ours (today's "
+                  "defaults), or auto: sprc if the checkpoint has prompt_tokens, csmcir-authors if it has "
+                  "token_importance, else ours.",
+                  "choices": ["auto", "sprc", "csmcir-authors", "ours"]},
+    )
 
 
 def _json_argument(value: str | None, flag: str) -> dict[str, Any]:
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> LavisConversionReport:
         state_dict_key=args.state_dict_key,
         vision_config=_json_argument(args.vision_config, "--vision_config"),
         qformer_config=_json_argument(args.qformer_config, "--qformer_config"),
+        scoring=args.preset,
     )
     print(report.summary())
     print(f"saved CSMCIR model and processor to {args.output_dir}")

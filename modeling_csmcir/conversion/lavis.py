@@ -17,6 +17,12 @@ builds on the fly in its forward pass.
 
 Everything the table does not map is reported with a reason, every model weight the checkpoint does not fill is
 reported, and `convert_lavis_checkpoint` refuses to return a model with unfilled weights unless told to.
+
+The computation is chosen with the weights: a scoring preset (`presets.SCORING_PRESETS`) sets the model's
+`query_mode` / `target_representation` and the processor's preprocessing. Unless one is named, it is detected from
+the method extras: SPRC's `prompt_tokens` → `sprc`, the CSMCIR authors' `token_importance` → `csmcir-authors`,
+neither → `ours`. Both extras are kept, unchanged, in `method_extras.safetensors` beside the model and listed in
+the report with what is done with them (`METHOD_EXTRAS`); neither enters the scoring.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from hub_cards.atomic_files import atomic_directory, write_json_atomically
 
 from ..configuration_csmcir import CSMCIRConfig
 from ..modeling_csmcir import CSMCIRModel
+from ..presets import SCORING_PRESETS, get_scoring_preset
 from .processor import build_processor
 
 logger = logging.get_logger(__name__)
@@ -88,7 +95,34 @@ KNOWN_UNMAPPED: tuple[tuple[str, str], ...] = (
     (r"Qformer\.cls\..*", "Q-Former language-modelling head (BLIP-2 image-grounded generation), not used by CSMCIR"),
     (r"itm_head\..*", "image-text matching head, not used by CSMCIR retrieval"),
     (r"prompt_tokens", "SPRC method extra (prompt tokens of its relative-contrastive training loss)"),
+    (r"token_importance", "CSMCIR authors' method extra (a per-token importance tensor)"),
 )
+
+#: Method extras: kept unchanged in ``method_extras.safetensors`` and reported with what is done with them.
+METHOD_EXTRAS: dict[str, str] = {
+    "prompt_tokens": (
+        "kept in method_extras.safetensors, not used for scoring: SPRC's public code uses its prompt tokens only in "
+        "training (the text-only pass and the alignment loss of blip2_qformer_cir_align_prompt.forward); its "
+        "inference and extract_target_features do not read them"
+    ),
+    "token_importance": (
+        "kept in method_extras.safetensors, not used for scoring: how the CSMCIR authors' released inference "
+        "weights target tokens with it is not in the code we could read, so the token-level scores here are the "
+        "unweighted maximum over tokens (our reading)"
+    ),
+}
+#: Which extra selects which scoring preset when none is named.
+_DETECTING_EXTRAS = (("prompt_tokens", "sprc"), ("token_importance", "csmcir-authors"))
+METHOD_EXTRAS_NAME = "method_extras.safetensors"
+
+
+def detect_scoring_preset(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+    """``(scoring preset, why)`` for a LAVIS state dict: ``sprc`` with SPRC's ``prompt_tokens``, ``csmcir-authors``
+    with the authors' ``token_importance``, ``ours`` otherwise (a plain BLIP-2 checkpoint)."""
+    for key, name in _DETECTING_EXTRAS:
+        if key in state_dict:
+            return name, f"detected: the checkpoint has {key!r}"
+    return "ours", "detected: no method extra (prompt_tokens / token_importance) in the checkpoint"
 
 _COMPILED_RENAMES = tuple((re.compile(source), target) for source, target in LAVIS_TO_CSMCIR_RENAMES)
 _COMPILED_UNMAPPED = tuple((re.compile(source), reason) for source, reason in KNOWN_UNMAPPED)
@@ -119,14 +153,25 @@ class LavisConversionReport:
         filled: CSMCIR weights written from the checkpoint.
         unmapped: checkpoint key → why it was not converted (known extras and unknown keys alike).
         unfilled: CSMCIR weights the checkpoint had nothing for (they keep their fresh initialisation).
+        scoring: the scoring preset applied (``preset``), how it was chosen (``selected_by``) and its settings.
+        extras: method extra (``prompt_tokens``, ``token_importance``) → what is done with it.
+        extra_tensors: those extras' tensors (saved as ``method_extras.safetensors``; not in ``to_dict``).
     """
 
     filled: list[str] = field(default_factory=list)
     unmapped: dict[str, str] = field(default_factory=dict)
     unfilled: list[str] = field(default_factory=list)
+    scoring: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, str] = field(default_factory=dict)
+    extra_tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         lines = [f"{len(self.filled)} CSMCIR weights filled from the checkpoint."]
+        if self.scoring:
+            settings = ", ".join(f"{k}={v}" for k, v in self.scoring.items() if k not in ("preset", "selected_by"))
+            lines.append(f"scoring preset {self.scoring['preset']!r} ({self.scoring['selected_by']}): {settings}")
+        for key, action in sorted(self.extras.items()):
+            lines.append(f"method extra {key}: {action}")
         if self.unmapped:
             lines.append(f"{len(self.unmapped)} checkpoint keys not converted:")
             lines += [f"  {key}: {reason}" for key, reason in sorted(self.unmapped.items())]
@@ -136,7 +181,8 @@ class LavisConversionReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"filled": list(self.filled), "unmapped": dict(self.unmapped), "unfilled": list(self.unfilled)}
+        return {"filled": list(self.filled), "unmapped": dict(self.unmapped), "unfilled": list(self.unfilled),
+                "scoring": dict(self.scoring), "extras": dict(self.extras)}
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -419,6 +465,7 @@ def convert_lavis_checkpoint(
     state_dict_key: str | None = None,
     vision_config: dict[str, Any] | None = None,
     qformer_config: dict[str, Any] | None = None,
+    scoring: str | None = None,
     **config_overrides: Any,
 ) -> tuple[CSMCIRModel, LavisConversionReport]:
     """Build a `CSMCIRModel` holding a LAVIS-format checkpoint's weights.
@@ -430,6 +477,9 @@ def convert_lavis_checkpoint(
             ValueError lists them: a model with random pieces would silently retrieve garbage.
         state_dict_key: which entry of a checkpoint with several state dicts to use.
         vision_config, qformer_config, config_overrides: passed to `infer_csmcir_config`.
+        scoring: the scoring preset (``sprc``, ``csmcir-authors``, ``ours``); None or ``"auto"`` detects it from the
+            method extras (`detect_scoring_preset`). Its model settings are applied to the config (explicit
+            `config_overrides` win); the processor's half is applied by `convert_lavis_to_folder`.
 
     Returns:
         The model (eval mode) and a `LavisConversionReport`. Unmapped checkpoint keys are logged as warnings.
@@ -438,10 +488,26 @@ def convert_lavis_checkpoint(
         state_dict = extract_state_dict(checkpoint, state_dict_key)
     else:
         state_dict = load_lavis_checkpoint(checkpoint, state_dict_key)
+    if scoring is None or scoring == "auto":
+        scoring, selected_by = detect_scoring_preset(state_dict)
+    else:
+        get_scoring_preset(scoring)
+        selected_by = "named (--preset)"
+    preset = SCORING_PRESETS[scoring]
     if config is None:
-        config = infer_csmcir_config(state_dict, vision_config, qformer_config, **config_overrides)
+        config = infer_csmcir_config(state_dict, vision_config, qformer_config,
+                                     **{**preset.model, **config_overrides})
+    else:
+        for key, value in preset.model.items():
+            setattr(config, key, config_overrides.get(key, value))
     model = CSMCIRModel(config)
     converted, report = convert_lavis_state_dict(state_dict, model.state_dict())
+    report.scoring = {"preset": scoring, "selected_by": selected_by,
+                      **{key: getattr(config, key) for key in preset.model}, **preset.processor}
+    for key, action in METHOD_EXTRAS.items():
+        if key in state_dict:
+            report.extras[key] = action
+            report.extra_tensors[key] = state_dict[key]
     if report.unmapped:
         logger.warning(
             "%d checkpoint keys not converted:\n%s",
@@ -471,8 +537,13 @@ def convert_lavis_to_folder(
     state_dict_key: str | None = None,
     vision_config: dict[str, Any] | None = None,
     qformer_config: dict[str, Any] | None = None,
+    scoring: str | None = None,
 ) -> LavisConversionReport:
     """Convert a LAVIS-format checkpoint and save model + processor + ``conversion_report.json`` into ``output_dir``.
+
+    ``scoring`` names the scoring preset (None / ``"auto"``: detected, see `convert_lavis_checkpoint`); the model's
+    computation and the processor's preprocessing both follow it. Method extras (``prompt_tokens``,
+    ``token_importance``) are saved unchanged as ``method_extras.safetensors``.
 
     The processor is :func:`~.processor.build_processor`'s (BLIP-2's preprocessing, the Q-Former's tokenizer). The
     folder is assembled in a temporary folder beside ``output_dir`` and renamed into place, so a failed run leaves
@@ -490,8 +561,9 @@ def convert_lavis_to_folder(
         state_dict_key=state_dict_key,
         vision_config=vision_config,
         qformer_config=qformer_config,
+        scoring=scoring,
     )
-    processor = build_processor(model.config, tokenizer_name_or_path)
+    processor = build_processor(model.config, tokenizer_name_or_path, scoring=report.scoring["preset"])
     summary = {"checkpoint": os.path.abspath(checkpoint), **report.to_dict()}
 
     # The whole folder is staged and swapped in at once: an interrupted run leaves the old folder (or nothing).
@@ -499,12 +571,19 @@ def convert_lavis_to_folder(
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         write_json_atomically(staging / "conversion_report.json", summary, indent=2)
+        if report.extra_tensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in report.extra_tensors.items()}, str(staging / METHOD_EXTRAS_NAME))
     return report
 
 
 __all__ = [
     "KNOWN_UNMAPPED",
     "LAVIS_TO_CSMCIR_RENAMES",
+    "METHOD_EXTRAS",
+    "METHOD_EXTRAS_NAME",
+    "detect_scoring_preset",
     "LavisConversionReport",
     "convert_lavis_checkpoint",
     "convert_lavis_state_dict",

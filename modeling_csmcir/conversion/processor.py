@@ -49,14 +49,24 @@ def load_qformer_tokenizer(config: CSMCIRConfig, tokenizer_name_or_path: str | N
     return tokenizer
 
 
-def build_processor(config: CSMCIRConfig, tokenizer_name_or_path: str | None = None) -> CSMCIRProcessor:
-    """BLIP-2's evaluation preprocessing (bicubic resize to the ViT's image size, CLIP mean/std) + the tokenizer."""
+def build_processor(
+    config: CSMCIRConfig, tokenizer_name_or_path: str | None = None, scoring: str | None = None
+) -> CSMCIRProcessor:
+    """BLIP-2's evaluation preprocessing (bicubic resize to the ViT's image size, CLIP mean/std) + the tokenizer.
+
+    ``scoring`` (a scoring preset) sets the processor's preprocessing: ``sprc`` / ``csmcir-authors`` add the
+    originals' ``targetpad`` (ratio 1.25, then resize + centre crop to the ViT's size) and BLIP caption
+    normalisation."""
+    from ..presets import get_scoring_preset
+
+    settings = get_scoring_preset(scoring).processor
     size = config.vision_config.image_size
     image_processor = BlipImageProcessorPil(
         size={"height": size, "width": size}, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD
     )
     tokenizer = load_qformer_tokenizer(config, tokenizer_name_or_path)
-    return CSMCIRProcessor(image_processor=image_processor, tokenizer=tokenizer, max_text_length=config.max_text_length)
+    return CSMCIRProcessor(image_processor=image_processor, tokenizer=tokenizer, max_text_length=config.max_text_length,
+                           **settings)
 
 
 __all__ = ["build_processor", "load_qformer_tokenizer"]
