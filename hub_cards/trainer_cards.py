@@ -126,6 +126,25 @@ class HubCardTrainerMixin:
         except Exception as err:  # noqa: BLE001 - see the comment above
             _warn_card_failure(output_dir or self.args.output_dir, err)
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Overridden because Trainer's push during training (push_to_hub with a save strategy) writes
+        # torch.save(self.args) as training_args.bin into the folder it uploads: a pickle that carries hub_token.
+        # While it runs, that one save writes training_args.json without credentials instead.
+        import transformers.trainer as trainer_module
+
+        original_save = trainer_module.torch.save
+
+        def save_without_pickled_arguments(obj: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+            if obj is self.args and os.path.basename(os.fspath(path)) == "training_args.bin":
+                return save_training_arguments(self.args, os.path.dirname(os.fspath(path)))
+            return original_save(obj, path, *args, **kwargs)
+
+        trainer_module.torch.save = save_without_pickled_arguments
+        try:
+            super()._push_from_checkpoint(checkpoint_folder)
+        finally:
+            trainer_module.torch.save = original_save
+
     def create_model_card(self, language: str | None = None, license: str | None = None, tags: Any = None,
                           model_name: str | None = None, finetuned_from: str | None = None, tasks: Any = None,
                           dataset_tags: Any = None, dataset: Any = None, dataset_args: Any = None) -> None:

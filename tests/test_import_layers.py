@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PACKAGES = ("modeling_csmcir", "modeling_mmaps")
 PROJECT_PACKAGES = (*MODEL_PACKAGES, "pipelines", "hub_cards", "examples", "benchmarks")
-HUB_FILES = {
+HUB_FILES = {"modeling_csmcir.preprocessing_csmcir"} | {
     f"{package}.{kind}_{package.removeprefix('modeling_')}" for package in MODEL_PACKAGES
     for kind in ("configuration", "modeling", "processing")
 }

@@ -86,3 +86,32 @@ def test_json_report_writer_leaves_nothing_for_an_unserialisable_payload(tmp_pat
         write_json_atomically(tmp_path / "m.json", {"x": object()})
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_push_during_training_uploads_no_pickled_arguments(tmp_path, monkeypatch):
+    # Trainer._push_from_checkpoint torch.saves the arguments (hub_token included) into the folder it uploads.
+    import transformers.trainer as trainer_module
+    from transformers import Trainer, TrainingArguments
+
+    from hub_cards.trainer_cards import HubCardTrainerMixin
+
+    class Pusher(HubCardTrainerMixin, Trainer):
+        pass
+
+    uploaded = {}
+
+    class FakeApi:
+        def upload_folder(self, folder_path, **kwargs):
+            uploaded.setdefault("files", sorted(os.listdir(folder_path)))  # what the first upload would send
+
+
+    monkeypatch.setattr(trainer_module, "hf_api", lambda: FakeApi(), raising=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, hub_token="secret-token",
+                             push_to_hub=False, save_strategy="steps")
+    trainer = Pusher(model=torch.nn.Linear(2, 2), args=args)
+    trainer.hub_model_id, trainer.push_in_progress = "user/model", None
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    trainer._push_from_checkpoint(str(checkpoint))
+    assert "training_args.bin" not in uploaded["files"] and "training_args.json" in uploaded["files"]
+    assert "secret-token" not in (tmp_path / "out" / "training_args.json").read_text()
