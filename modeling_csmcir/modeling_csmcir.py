@@ -313,7 +313,7 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
     >>> target = processor(images=target_image, text="a red square on the left", return_tensors="pt")
     >>> q = model.get_query_features(**query)
     >>> t = model.get_target_features(**target)
-    >>> score = (q @ t.T).item()
+    >>> score = model.score(q, t).item()  # q · t, or the max over t's tokens with target_representation="tokens"
     ```
 
     As a transformers model: `forward` takes `output_attentions` / `output_hidden_states` (every layer of the vision
