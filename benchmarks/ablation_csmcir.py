@@ -8,7 +8,10 @@ Variants (all trained with the real ``CSMCIRTrainer`` from scratch, same data, s
 * ``bank_none`` / ``bank_fifo`` / ``bank_hard`` — the full model with another bank strategy
   (``bank_entropy`` is ``full``);
 * ``bank_unweighted`` — the full model with every bank negative at weight 1 (``bank_weight=1``, the setting
-  that collapsed from-scratch runs before ``bank_weight`` existed).
+  that collapsed from-scratch runs before ``bank_weight`` existed);
+* ``tokens`` / ``asymmetric_tokens`` — ``full`` / ``asymmetric`` with ``target_representation="tokens"``: each
+  target kept as its ``num_query_tokens`` per-token features and scored by their maximum (``CSMCIRModel.score``;
+  the bank stores token entries), the other target representation next to the one-vector rows.
 
 Reports mean ± std over seeds of R@1, R@5 and Rs@1, plus training efficiency: val Recall every
 ``eval_every`` steps for ``full`` and ``asymmetric`` (PNG + table) and the steps each needs to reach a fixed
@@ -37,7 +40,7 @@ from transformers.utils import logging
 
 from hub_cards.atomic_files import atomic_path, write_json_atomically, write_text_atomically
 from modeling_csmcir.cached_training import (
-    CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, quiet_transformers, steps_to_reach, train_cached,
+    CachedCIRSplit, CachedRunSettings, encode_cached, evaluate_cached, mean_std, quiet_transformers, steps_to_reach, train_cached,
 )
 from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
@@ -57,7 +60,12 @@ VARIANTS: dict[str, tuple[bool, bool, str, str]] = {
     "bank_fifo": (True, True, "fifo", "full model, FIFO bank (every entry a negative)"),
     "bank_hard": (True, True, "hard", "full model, hard bank (top k_max entries)"),
     "bank_unweighted": (True, True, "entropy", "full model, entropy bank, every bank negative at weight 1"),
+    "tokens": (True, True, "entropy", "full model, token-level targets (8 per-token features, max over tokens)"),
+    "asymmetric_tokens": (False, True, "entropy", "image-only token-level targets (SPRC's target side), max over tokens"),
 }
+#: variants whose CSMCIRConfig differs from the preset's beyond share_qformer
+CONFIG_OVERRIDES: dict[str, dict] = {"tokens": {"target_representation": "tokens"},
+                                     "asymmetric_tokens": {"target_representation": "tokens"}}
 #: variants whose bank weight is not ``--bank_weight``
 BANK_WEIGHT_OVERRIDES: dict[str, float] = {"bank_unweighted": 1.0}
 CURVE_VARIANTS = ("full", "asymmetric")
@@ -117,7 +125,8 @@ def _run(variant: str, seed: int) -> dict:
     args, train, val = _WORKER["args"], _WORKER["train"], _WORKER["val"]
     captions, shared, strategy, _ = VARIANTS[variant]
     config = preset_config("small", vocab_size=len(_WORKER["processor"].tokenizer), image_size=args.image_size,
-                           hidden_size=args.hidden_size, num_layers=args.num_layers, share_qformer=shared)
+                           hidden_size=args.hidden_size, num_layers=args.num_layers, share_qformer=shared,
+                           **CONFIG_OVERRIDES.get(variant, {}))
     settings = CachedRunSettings(
         use_target_captions=captions, share_qformer=shared, bank_strategy=strategy, seed=seed, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, bank_size=args.bank_size,
@@ -128,12 +137,25 @@ def _run(variant: str, seed: int) -> dict:
         output_dir=os.path.join(args.model_dir, "trainer_tmp", f"{variant}_{seed}"),
     )
     model, info = train_cached(config, train, val, settings)
-    final = info["curve"][-1] if info["curve"] else evaluate_cached(model, val, captions)
+    if config.target_representation == "tokens":
+        final = _evaluate_scored(model, val, captions)
+    else:
+        final = info["curve"][-1] if info["curve"] else evaluate_cached(model, val, captions)
     final = {k: v for k, v in final.items() if k != "step"}
     if seed == 0 and variant in CURVE_VARIANTS:
         model.save_pretrained(os.path.join(args.model_dir, variant))
         _WORKER["processor"].save_pretrained(os.path.join(args.model_dir, variant))
     return {"variant": variant, "seed": seed, "metrics": final, **info}
+
+
+def _evaluate_scored(model, split: CachedCIRSplit, captions: bool) -> dict[str, float]:
+    """``evaluate_cached`` with ``CSMCIRModel.score`` (max over tokens for token-level galleries)."""
+    from modeling_csmcir.evaluation.cir_metrics import cirr_metrics
+
+    feats = encode_cached(model, split, captions)
+    metrics = cirr_metrics(model.score(feats["queries"], feats["gallery"]), split.gallery_ids, split.reference_ids,
+                           split.target_ids, split.img_sets)
+    return {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
 
 
 def main(argv: list[str] | None = None) -> dict:
