@@ -188,7 +188,11 @@ class MMAPSProcessor(ProcessorMixin):
         text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
         return_tensors = text_kwargs.pop("return_tensors", None) or images_kwargs.pop("return_tensors", None) or "pt"
         images_kwargs.pop("return_tensors", None)
-        explicit_max_length = text_kwargs.pop("max_length", None)
+        # The two token limits are the processor's (source and summary differ); a `max_length` counts only when the
+        # caller gave it: _merge_kwargs also fills it in from the tokenizer's saved init kwargs, which would cut the
+        # product text at the summary limit.
+        text_kwargs.pop("max_length", None)
+        explicit_max_length = kwargs.get("max_length", (kwargs.get("text_kwargs") or {}).get("max_length"))
         source_length = merged.get("max_source_length", self.max_source_length)
         target_length = merged.get("max_target_length", self.max_target_length)
         encoded = self._tokenize(texts, text_kwargs, explicit_max_length or source_length)

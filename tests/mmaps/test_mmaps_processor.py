@@ -149,3 +149,17 @@ def test_siglip2_is_refused_at_config_time():
 def test_character_level_is_saved_with_the_processor(tmp_path):
     preset_processor("tiny").save_pretrained(tmp_path)
     assert MMAPSProcessor.from_pretrained(tmp_path).character_level is True
+
+
+def test_product_text_is_cut_at_max_source_length_not_at_a_saved_tokenizer_max_length(tmp_path):
+    # Regression: a tokenizer saved with max_length (the summary limit) in its init kwargs cut product texts to it.
+    processor = preset_processor("tiny")
+    processor.max_source_length, processor.max_target_length = 60, 8
+    processor.tokenizer.init_kwargs["max_length"] = 8
+    processor.save_pretrained(tmp_path)
+    reloaded = MMAPSProcessor.from_pretrained(tmp_path)
+    text = "红色纯棉短袖T恤" * 6
+    batch = reloaded([text], summaries=["红色纯棉短袖T恤，简约百搭"])
+    assert batch["input_ids"].shape[1] > 8 and batch["input_ids"].shape[1] <= 60
+    assert batch["labels"].shape[1] == 8
+    assert reloaded([text], max_length=12)["input_ids"].shape[1] == 12  # an explicit max_length still wins
