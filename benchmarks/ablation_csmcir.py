@@ -40,7 +40,7 @@ from transformers.utils import logging
 
 from hub_cards.atomic_files import atomic_path, write_json_atomically, write_text_atomically
 from modeling_csmcir.cached_training import (
-    CachedCIRSplit, CachedRunSettings, encode_cached, evaluate_cached, mean_std, quiet_transformers, steps_to_reach, train_cached,
+    CachedCIRSplit, CachedRunSettings, evaluate_cached, mean_std, quiet_transformers, steps_to_reach, train_cached,
 )
 from modeling_csmcir.presets import preset_config, preset_processor
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
@@ -137,25 +137,12 @@ def _run(variant: str, seed: int) -> dict:
         output_dir=os.path.join(args.model_dir, "trainer_tmp", f"{variant}_{seed}"),
     )
     model, info = train_cached(config, train, val, settings)
-    if config.target_representation == "tokens":
-        final = _evaluate_scored(model, val, captions)
-    else:
-        final = info["curve"][-1] if info["curve"] else evaluate_cached(model, val, captions)
+    final = info["curve"][-1] if info["curve"] else evaluate_cached(model, val, captions)
     final = {k: v for k, v in final.items() if k != "step"}
     if seed == 0 and variant in CURVE_VARIANTS:
         model.save_pretrained(os.path.join(args.model_dir, variant))
         _WORKER["processor"].save_pretrained(os.path.join(args.model_dir, variant))
     return {"variant": variant, "seed": seed, "metrics": final, **info}
-
-
-def _evaluate_scored(model, split: CachedCIRSplit, captions: bool) -> dict[str, float]:
-    """``evaluate_cached`` with ``CSMCIRModel.score`` (max over tokens for token-level galleries)."""
-    from modeling_csmcir.evaluation.cir_metrics import cirr_metrics
-
-    feats = encode_cached(model, split, captions)
-    metrics = cirr_metrics(model.score(feats["queries"], feats["gallery"]), split.gallery_ids, split.reference_ids,
-                           split.target_ids, split.img_sets)
-    return {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
 
 
 def main(argv: list[str] | None = None) -> dict:

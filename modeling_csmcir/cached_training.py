@@ -7,7 +7,7 @@ text tokenised once, so a run costs only the model's own compute. Training goes 
 (Caching frozen vision features instead was tried and dropped: a frozen *random* ViT does not give features a
 from-scratch Q-Former learns from in a CPU budget, so the tiny ViT trains too, as in
 ``benchmarks/synthetic_cir_difficulty.py``.)
-Evaluation applies the CIRR rc2 protocol (:func:`cir_metrics.cirr_metrics`) to ``q @ g.T``.
+Evaluation applies the CIRR rc2 protocol (:func:`cir_metrics.cirr_metrics`) to ``model.score(q, g)``.
 
 Used by ``benchmarks/ablation_csmcir.py`` and ``csmcir-visualize``.
 """
@@ -156,7 +156,8 @@ def encode_cached(model: CSMCIRModel, split: CachedCIRSplit, use_target_captions
 def evaluate_cached(model: CSMCIRModel, split: CachedCIRSplit, use_target_captions: bool) -> dict[str, float]:
     """CIRR rc2 metrics (R@K with the reference removed, Rs@K within the img_set) of `model` on `split`, in %."""
     feats = encode_cached(model, split, use_target_captions)
-    metrics = cirr_metrics(feats["queries"] @ feats["gallery"].t(), split.gallery_ids, split.reference_ids,
+    # model.score: q·g for one-vector galleries, the maximum over tokens for token-level ones.
+    metrics = cirr_metrics(model.score(feats["queries"], feats["gallery"]), split.gallery_ids, split.reference_ids,
                            split.target_ids, split.img_sets)
     return {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
 
