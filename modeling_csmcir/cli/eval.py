@@ -57,6 +57,11 @@ class DataArguments:
     use_target_captions: bool | None = field(default=None, metadata={"help": "Encode targets with captions (default: when captions are given)."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
     cache_dir: str | None = field(default=None, metadata={"help": "Directory for cached gallery indexes."})
+    verify_images: bool = field(
+        default=False,
+        metadata={"help": "Decode every image of the split before encoding, so an empty, truncated or oversized file "
+                          "fails up front, named, instead of mid-run."},
+    )
 
     def __post_init__(self) -> None:
         if self.dataset not in BENCHMARKS:
@@ -92,7 +97,7 @@ def run_evaluation(model_args: ModelArguments, args: DataArguments, model: torch
     """Evaluate and write outputs; returns the report (``metrics`` as the protocol functions give them)."""
     from hub_cards.metrics_report import write_metrics_report
 
-    from ..data.loading import load_cir_dataset
+    from ..data.loading import load_cir_dataset, verify_split_images
     from ..evaluation.cir_metrics import fashioniq_average
     from ..evaluation.evaluator import GalleryIndexCache, evaluate_cir
     from ..evaluation.submissions import (
@@ -112,10 +117,14 @@ def run_evaluation(model_args: ModelArguments, args: DataArguments, model: torch
         for cat in categories:
             captions = args.target_captions.format(category=cat) if args.target_captions else None
             data = load_cir_dataset("fashioniq", args.data_dir, args.split, category=cat, target_captions=captions)
+            if args.verify_images:
+                verify_split_images(data, f"fashioniq {cat} {args.split}")
             per_category[cat] = evaluate_cir(model, processor, data, "fashioniq", category=cat, **eval_kwargs).metrics
         report["metrics"] = fashioniq_average(per_category) if all(per_category.values()) else {}
     else:
         data = load_cir_dataset(args.dataset, args.data_dir, args.split, target_captions=args.target_captions)
+        if args.verify_images:
+            verify_split_images(data, f"{args.dataset} {args.split}")
         result = evaluate_cir(model, processor, data, args.dataset, **eval_kwargs)
         report["metrics"] = result.metrics
         if not result.metrics and args.dataset == "cirr":

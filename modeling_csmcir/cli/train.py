@@ -163,19 +163,6 @@ def check_output_dir(training_args: CSMCIRTrainingArguments) -> None:
         )
 
 
-def verify_split_images(split: Any, source: str) -> None:
-    """Decode every gallery image of a loaded split up front (``--verify_images``)."""
-    from ..data.paths import verify_image_files
-
-    image_feature = type(split["gallery"].features["image"])
-    paths = {row["image_id"]: row["image"]["path"]
-             for row in split["gallery"].cast_column("image", image_feature(decode=False))}
-    queries = split["queries"].cast_column("reference_image", image_feature(decode=False))
-    for reference_id, image in zip(queries["reference_id"], queries["reference_image"]):
-        paths.setdefault(reference_id, image["path"] if image else None)
-    verify_image_files(paths, source)
-
-
 def run_training(model_args: ModelArguments, data_args: DataArguments,
                  training_args: CSMCIRTrainingArguments) -> dict[str, Any]:
     """Train, save the model and processor to `output_dir`, and return (and write) the retrieval metrics."""
@@ -183,7 +170,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
     from hub_cards.metrics_report import write_metrics_report
 
     from ..data.collators import CIRCollator, CIRGalleryCollator
-    from ..data.loading import load_cir_dataset
+    from ..data.loading import load_cir_dataset, verify_split_images
     from ..data.training_inputs import GalleryTargetLookup, ReferenceIdCollator
     from ..evaluation.evaluator import CIRRetrievalEvaluator
     from ..trainer_csmcir import CSMCIRTrainer

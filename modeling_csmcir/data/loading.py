@@ -15,7 +15,7 @@ from .circo import load_circo
 from .cirr import load_cirr
 from .fashioniq import load_fashioniq
 from .layouts import BENCHMARKS, FASHIONIQ_CATEGORIES
-from .paths import check_choice
+from .paths import check_choice, verify_image_files
 from .schema import TargetCaptions
 from .shoes import load_shoes
 
@@ -41,4 +41,15 @@ def load_cir_dataset(
     return load_shoes(data_dir, split, target_captions=target_captions, **kwargs)
 
 
-__all__ = ["BENCHMARKS", "load_cir_dataset"]
+def verify_split_images(split: Any, source: str) -> None:
+    """Decode every gallery image of a loaded split up front (``--verify_images``)."""
+    image_feature = type(split["gallery"].features["image"])
+    paths = {row["image_id"]: row["image"]["path"]
+             for row in split["gallery"].cast_column("image", image_feature(decode=False))}
+    queries = split["queries"].cast_column("reference_image", image_feature(decode=False))
+    for reference_id, image in zip(queries["reference_id"], queries["reference_image"]):
+        paths.setdefault(reference_id, image["path"] if image else None)
+    verify_image_files(paths, source)
+
+
+__all__ = ["BENCHMARKS", "load_cir_dataset", "verify_split_images"]

@@ -303,3 +303,20 @@ def test_csmcir_train_verify_images_fails_before_training(tmp_path):
         train_main(["--dataset", "cirr", "--data_dir", str(root), "--config_name", "tiny-scratch", "--output_dir",
                     str(out), "--verify_images", "true", "--report_to", "none", "--use_cpu", "--max_steps", "1"])
     assert not (out / "config.json").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_csmcir_eval_verify_images_names_the_broken_file_before_encoding(tmp_path):
+    from fixtures import tiny_csmcir, tiny_processor
+
+    from modeling_csmcir.cli.eval import main as eval_main
+
+    root = make_cirr(tmp_path / "cirr", split="val")
+    (root / "img" / "c.png").write_bytes(b"")
+    processor = tiny_processor()
+    tiny_csmcir(processor).save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"images listed by cirr val cannot be decoded.*c \(.*c\.png\)"):
+        eval_main(["--dataset", "cirr", "--data_dir", str(root), "--split", "val", "--model_name_or_path",
+                   str(tmp_path / "model"), "--output_dir", str(tmp_path / "eval"), "--verify_images", "true",
+                   "--device", "cpu"])
+    assert not (tmp_path / "eval" / "metrics.json").exists()
