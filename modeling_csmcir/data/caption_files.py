@@ -19,7 +19,6 @@ full entries back with :func:`load_caption_entries`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path

@@ -66,9 +66,10 @@ class GalleryIndexCache:
         self.misses = 0
 
     @staticmethod
-    def make_key(model: torch.nn.Module, gallery: Dataset, use_captions: bool, processor: Any,
+    def make_key(identity: Mapping[str, Any], gallery: Dataset, use_captions: bool, processor: Any,
                  max_text_length: int | None = None) -> str:
-        identity = json.dumps(model_identity(model), sort_keys=True, default=str)
+        """The cache key of a gallery encoded by the model with ``identity`` (``pipelines.gallery_index.model_identity``)."""
+        identity = json.dumps(dict(identity), sort_keys=True, default=str)
         parts = (identity, gallery._fingerprint, f"captions={use_captions}", _processor_identity(processor, max_text_length))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
@@ -117,7 +118,9 @@ def build_gallery_index(
     """A ``GalleryIndex`` of the gallery split (ids = ``image_id``) from ``model.get_target_features`` (image +
     caption, or image only), cached. Token-level targets give a ``(N, K, D)`` index, searched by the maximum over
     tokens; the processor's preprocessing (``targetpad``, BLIP captions) applies through the collator."""
-    key = GalleryIndexCache.make_key(model, gallery, use_captions, processor, max_text_length) if cache is not None else None
+    # The identity hashes every weight: computed once, for the cache key and the index's own record.
+    model_record = model_identity(model)
+    key = GalleryIndexCache.make_key(model_record, gallery, use_captions, processor, max_text_length) if cache is not None else None
     if cache is not None:
         cached = cache.get(key)
         if cached is not None:
@@ -126,7 +129,7 @@ def build_gallery_index(
     collator = CIRGalleryCollator(processor, use_captions, max_text_length)
     loader = DataLoader(gallery, batch_size=batch_size, shuffle=False, collate_fn=collator)
     embeddings = encode_targets(model, loader, total=len(gallery), show_progress=show_progress)
-    identity = dict(model_identity(model), target_inputs="image+caption" if use_captions else "image")
+    identity = dict(model_record, target_inputs="image+caption" if use_captions else "image")
     index = GalleryIndex(embeddings, ids=list(gallery["image_id"]), model_identity=identity)
     if cache is not None:
         cache.put(key, index)

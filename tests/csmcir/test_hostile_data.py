@@ -9,7 +9,7 @@ import os
 import pytest
 
 from hostile_inputs import cirr_pair, listing, make_cirr, opened_files, outside_secret, write_image, write_json
-from hub_cards.safe_paths import ALLOW_OUTSIDE_ENV, PathOutsideDatasetError
+from hub_cards.safe_paths import ALLOW_OUTSIDE_ENV
 from modeling_csmcir.data import load_circo, load_cirr, load_fashioniq, load_shoes, load_target_captions
 from modeling_csmcir.data.schema import build_cir_dataset
 

@@ -3,7 +3,6 @@ expected; a save killed at any point leaves the old or the new index loadable; s
 
 from __future__ import annotations
 
-import functools
 import http.server
 import json
 import multiprocessing
