@@ -8,7 +8,8 @@ metadata and the identity of the model that encoded them, and answers top-k cosi
 A gallery may also be token-level, `(N, K, D)`: K L2-normalised token features per item (SPRC keeps the 32
 query-token features of every target), scored by the maximum over tokens, `score(q, g) = max_k q̂ · ĝ_k`.
 
-Search is exact by default (chunked matrix product + `torch.topk` in torch, on whatever device the index lives).
+Search is exact by default (chunked matrix product + `torch.topk` in torch, on whatever device the index lives; the
+kernel is the sibling `exact_search.py`).
 An optional faiss backend offers an exact flat index (`IndexFlatIP`) and approximate ones for galleries in the
 millions (`IndexIVFFlat`, `IndexHNSWFlat`). faiss is imported lazily inside a `try`, so this file — which is copied
 into a saved pipeline folder on the Hub — does not make faiss a requirement of the loading side.
@@ -42,6 +43,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
+from .exact_search import block_rows, exact_search, token_scores
+
 
 logger = logging.get_logger(__name__)
 
@@ -54,11 +57,6 @@ _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16
 _FAISS_KINDS = ("flat", "ivf", "hnsw")
 # Metadata keys that would overwrite the fields every hit carries.
 _RESERVED_HIT_KEYS = ("id", "score")
-# Budget for one block of the (queries x gallery rows) score matrix in exact search: 2**25 float32 = 128 MiB.
-_SCORE_BLOCK_ELEMENTS = 1 << 25
-# 2δ for half-precision shortlists (see `_shortlist_and_rescore`), and the shortlist's starting width.
-_HALF_SCORE_MARGIN = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
-_SHORTLIST_MIN_WIDTH = 64
 # Config keys that describe how a model was saved or loaded, not what it computes.
 _VOLATILE_CONFIG_KEYS = {
     "transformers_version",
@@ -294,44 +292,6 @@ def _import_faiss():
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Exact search over half-precision storage
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _shortlist_and_rescore(queries: torch.Tensor, block: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k of float32 `queries` against half-precision rows, at the cost of one half-precision matmul.
-
-    The half matmul gives ŝ with |ŝ - s| ≤ δ (query rounding + half output rounding; measured ≤ 1e-4 for float16 and
-    ≤ 1.1e-3 for bfloat16 on unit vectors, δ is set 5-20x above that). If t is the k-th largest ŝ, every true top-k
-    row has ŝ ≥ t - 2δ, so the rows with ŝ ≥ t - 2δ are a complete shortlist: widen the shortlist until its last
-    score is below t - 2δ, then rescore it in float32 (s = q · float32(g)) and take the exact top-k. One big matmul
-    instead of up-casting the gallery block by block: the up-cast path made many small parallel ops that stalled on
-    a loaded 2-core machine, and a float32 copy per block costs page faults.
-    """
-    margin = _HALF_SCORE_MARGIN[block.dtype]
-    if block.ndim == 3:
-        # Token-level rows: each token's half score is within δ of its exact score, so the max over tokens is too.
-        items, tokens, dim = block.shape
-        approximate = (queries.to(block.dtype) @ block.reshape(items * tokens, dim).T).view(-1, items, tokens).amax(dim=2)
-    else:
-        approximate = queries.to(block.dtype) @ block.T
-    num_rows = block.shape[0]
-    width = min(num_rows, max(_SHORTLIST_MIN_WIDTH, 4 * top_k))
-    while True:
-        shortlist_scores, shortlist = approximate.topk(width, dim=1)
-        kth = shortlist_scores[:, top_k - 1].float()
-        if width == num_rows or bool((shortlist_scores[:, -1].float() < kth - margin).all()):
-            break
-        width = min(num_rows, width * 4)
-    if block.ndim == 3:
-        exact = torch.einsum("qnkd,qd->qnk", block[shortlist].float(), queries).amax(dim=2)
-    else:
-        exact = torch.bmm(block[shortlist].float(), queries.unsqueeze(2)).squeeze(2)
-    scores, order = exact.topk(top_k, dim=1)
-    return scores, shortlist.gather(1, order)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # The index
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -546,7 +506,7 @@ class GalleryIndex:
         queries = torch.nn.functional.normalize(queries.float(), dim=1)
         backend = backend or self.backend
         if backend == "torch":
-            scores, positions = self._search_torch(queries, top_k)
+            scores, positions = exact_search(self.embeddings, queries, top_k)
         elif backend == "faiss":
             scores, positions = self._search_faiss(queries, top_k)
         else:
@@ -564,56 +524,11 @@ class GalleryIndex:
         queries = torch.nn.functional.normalize(queries.float(), dim=1).to(self.embeddings.device)
         if self.tokens_per_item is None:
             return (queries @ self.embeddings.float().T).cpu()
-        rows = self._block_rows(queries.shape[0])
+        rows = block_rows(queries.shape[0], self.tokens_per_item)
         return torch.cat(
-            [self._token_scores(queries, self.embeddings[start : start + rows]) for start in range(0, len(self), rows)],
+            [token_scores(queries, self.embeddings[start : start + rows]) for start in range(0, len(self), rows)],
             dim=1,
         ).cpu()
-
-    def _block_rows(self, num_queries: int) -> int:
-        """Items per scoring block: keeps the (Q x items x K) score block under `_SCORE_BLOCK_ELEMENTS`."""
-        per_item = self.tokens_per_item or 1
-        return max(1024 // per_item, _SCORE_BLOCK_ELEMENTS // max(1, num_queries * per_item), 1)
-
-    @staticmethod
-    def _token_scores(queries: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-        """`(Q, b)` max-over-tokens scores of float32 `queries` against a `(b, K, D)` block of stored tokens (float32
-        dot products with the stored values, whatever their storage dtype: exact with respect to them)."""
-        items, tokens, dim = block.shape
-        flat = block.reshape(items * tokens, dim).float()
-        return (queries @ flat.T).view(queries.shape[0], items, tokens).amax(dim=2)
-
-    def _search_torch(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact search: score blocks of gallery rows with one matmul each, keep a running top-k.
-
-        Block height keeps the (Q x rows) score block under `_SCORE_BLOCK_ELEMENTS`, so a single query scans the whole
-        gallery in one GEMV (memory-bound: the floor is bytes(embeddings) / bandwidth) and large query batches never
-        materialise a Q x N matrix. Half-precision storage goes through `_shortlist_and_rescore`.
-        """
-        gallery = self.embeddings
-        queries = queries.to(device=gallery.device, dtype=torch.float32)
-        num_queries, num_items = queries.shape[0], gallery.shape[0]
-        rows = self._block_rows(num_queries)
-        best_scores: torch.Tensor | None = None
-        best_positions: torch.Tensor | None = None
-        for start in range(0, num_items, rows):
-            block = gallery[start : start + rows]
-            if block.ndim == 3 and block.dtype == torch.float32:
-                # Token-level: the block's max-over-tokens scores, then its top-k items.
-                block_scores, block_positions = self._token_scores(queries, block).topk(min(top_k, block.shape[0]), dim=1)
-            elif block.dtype == torch.float32:
-                block_scores, block_positions = (queries @ block.T).topk(min(top_k, block.shape[0]), dim=1)
-            else:
-                block_scores, block_positions = _shortlist_and_rescore(queries, block, min(top_k, block.shape[0]))
-            block_positions += start
-            if best_scores is None:
-                best_scores, best_positions = block_scores, block_positions
-            else:
-                merged_scores = torch.cat([best_scores, block_scores], dim=1)
-                merged_positions = torch.cat([best_positions, block_positions], dim=1)
-                best_scores, order = merged_scores.topk(min(top_k, merged_scores.shape[1]), dim=1)
-                best_positions = merged_positions.gather(1, order)
-        return best_scores, best_positions
 
     # ---------------------------------------------------------------------------------------------------------- faiss
 
@@ -702,7 +617,7 @@ class GalleryIndex:
         best_scores, best_positions = [], []
         for row in range(queries.shape[0]):
             items = torch.unique(candidates[row]).to(self.embeddings.device)
-            item_scores = self._token_scores(queries[row : row + 1], self.embeddings[items])[0]
+            item_scores = token_scores(queries[row : row + 1], self.embeddings[items])[0]
             order = item_scores.topk(min(top_k, items.numel())).indices
             score, position = item_scores[order], items[order]
             if position.numel() < top_k:  # an approximate index found fewer distinct items: pad as faiss does

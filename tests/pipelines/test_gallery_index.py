@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig
 
+from pipelines import exact_search as search_module
 from pipelines import gallery_index as gallery_module
 from pipelines.gallery_index import GalleryIndex, SearchResult, config_hash, model_identity, weights_fingerprint
 
@@ -44,7 +45,7 @@ def test_exact_search_equals_brute_force_topk():
 
 def test_chunked_search_merges_blocks_exactly(monkeypatch):
     # 64 queries with a 64k-element budget -> 1024-row blocks -> 5 blocks over 4500 rows, the last one partial.
-    monkeypatch.setattr(gallery_module, "_SCORE_BLOCK_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 1 << 16)
     gallery, queries = _normalised(4500, 16, seed=2), torch.randn(64, 16)
     result = GalleryIndex(gallery).search(queries, top_k=25)
     expected_scores, expected_positions = _brute_force(gallery, queries, 25)
@@ -75,7 +76,7 @@ def test_half_precision_storage_scores_the_stored_vectors_exactly(dtype):
 def test_half_precision_shortlist_widens_over_near_ties(dtype, monkeypatch):
     # 300 near-copies of one row sit within the half-precision error of each other: the shortlist must widen past
     # its first width (8) and still return the exact float32 top-k of the stored rows.
-    monkeypatch.setattr(gallery_module, "_SHORTLIST_MIN_WIDTH", 8)
+    monkeypatch.setattr(search_module, "SHORTLIST_MIN_WIDTH", 8)
     base = _normalised(1, 64, seed=4)
     generator = torch.Generator().manual_seed(5)
     near_copies = base + 3e-3 * torch.randn(300, 64, generator=generator)
@@ -278,10 +279,11 @@ def test_hub_files_do_not_require_faiss_or_the_package():
 
     allowed = {"__future__", "collections", "dataclasses", "hashlib", "json", "math", "os", "tempfile", "typing",
                "numpy", "torch", "safetensors", "transformers", "PIL"}
-    for module in (gallery_module, composed_image_retrieval):
+    for module in (gallery_module, search_module, composed_image_retrieval):
         assert set(get_imports(module.__file__)) <= allowed, get_imports(module.__file__)
     assert get_relative_imports(composed_image_retrieval.__file__) == ["gallery_index"]
-    assert get_relative_imports(gallery_module.__file__) == []
+    assert get_relative_imports(gallery_module.__file__) == ["exact_search"]
+    assert get_relative_imports(search_module.__file__) == []
 
 
 def test_weights_fingerprint_works_for_tensors_beyond_float32_exact_integers():
@@ -294,7 +296,7 @@ def test_weights_fingerprint_works_for_tensors_beyond_float32_exact_integers():
 
 
 def test_search_with_top_k_above_the_block_height_is_exact(monkeypatch):
-    monkeypatch.setattr(gallery_module, "_SCORE_BLOCK_ELEMENTS", 1)  # 1024-row blocks, fewer rows than top_k
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 1)  # 1024-row blocks, fewer rows than top_k
     gallery, queries = _normalised(3000, 8, seed=3), torch.randn(2, 8)
     result = GalleryIndex(gallery).search(queries, top_k=2500)
     expected_scores, _ = _brute_force(gallery, queries, 2500)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines import gallery_index as gallery_module
+from pipelines import exact_search as search_module
 from pipelines.gallery_index import GalleryIndex
 
 
@@ -25,7 +25,7 @@ def _brute_force(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
 
 def test_token_search_equals_brute_force_max_over_tokens(monkeypatch):
     gallery, queries = _tokens(300, 5, 16), torch.randn(7, 16)
-    monkeypatch.setattr(gallery_module, "_SCORE_BLOCK_ELEMENTS", 7 * 5 * 40)  # 40 items per block: many blocks
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 7 * 5 * 40)  # 40 items per block: many blocks
     index = GalleryIndex(gallery)
     assert index.tokens_per_item == 5 and index.embed_dim == 16 and len(index) == 300
     result = index.search(queries, top_k=10)
