@@ -107,6 +107,12 @@ class MMAPSSeq2SeqLMOutput(ModelOutput):
 
     Args:
         loss: Σ_i w_i · L_i over the tasks that ran (weights from the config; a task with weight 0 never runs).
+            None when no task ran (no `labels` and no `attribute_labels`: plain inference).
+
+        Whenever `loss` is set, every per-task loss below is a real 0-d float tensor, so each can be logged or
+        `float()`-ed: a task that did not run in this batch (weight 0, no inputs for it, or no pairs — fewer than
+        two imaged products for the alignment and contrastive tasks, no image at all for region modelling) is
+        reported as `0.0` with no gradient (`requires_grad=False`) and adds nothing to `loss`.
         logits (`(B, T, V)`): next-token logits of the summary decoder.
         summary_loss: token cross-entropy of the summary (labels = -100 ignored).
         attribute_loss: mean binary cross-entropy of the attribute logits against `attribute_labels`.
@@ -988,6 +994,11 @@ class MMAPSForConditionalGeneration(MMAPSPreTrainedModel, GenerationMixin):
         for name, value in losses.items():
             if value is not None:
                 total = weights[name] * value if total is None else total + weights[name] * value
+        if total is not None:
+            # Tasks without pairs in this batch are reported as a constant 0 (no gradient), never None, so every
+            # per-task loss is reportable; they are not part of `total`.
+            losses = {name: logits.new_zeros((), dtype=torch.float32) if value is None else value
+                      for name, value in losses.items()}
 
         output = MMAPSSeq2SeqLMOutput(
             loss=total, logits=logits, attribute_logits=attribute_logits, **losses,

@@ -73,7 +73,9 @@ class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer):
         if model.training:
             for name in TASK_LOSS_NAMES:
                 value = outputs.get(name) if isinstance(outputs, dict) else getattr(outputs, name, None)
-                if value is not None:
+                # A task that had no pairs in this batch comes back as a constant 0 without gradient: it did not
+                # run, so it is left out of that task's average rather than pulling it towards 0.
+                if value is not None and (value.requires_grad or not loss.requires_grad):
                     self._task_loss_sums[name] = self._task_loss_sums.get(name, 0.0) + float(value.detach())
                     self._task_loss_counts[name] = self._task_loss_counts.get(name, 0) + 1
         return (loss, outputs) if return_outputs else loss

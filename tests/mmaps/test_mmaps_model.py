@@ -149,7 +149,8 @@ def test_zero_weight_removes_a_task_exactly(task):
     out_full = full(**batch)
     torch.manual_seed(5)
     out_ablated = ablated(**batch)
-    assert getattr(out_ablated, f"{task}_loss") is None
+    zeroed = getattr(out_ablated, f"{task}_loss")   # reported as a constant 0 without gradient
+    assert zeroed.item() == 0.0 and not zeroed.requires_grad
     removed = getattr(full.config, f"{task}_loss_weight") * getattr(out_full, f"{task}_loss")
     torch.testing.assert_close(out_ablated.loss, out_full.loss - removed, rtol=0, atol=1e-6)
     out_ablated.loss.backward()
@@ -268,8 +269,41 @@ def test_missing_images_are_never_attended_and_skip_visual_losses():
     assert encoded.fusion_gate[3].abs().sum().item() == 0.0 and encoded.fusion_gate[0].abs().sum().item() > 0
     # A batch without a single image: visual tasks are skipped, text tasks still run.
     text_only = model(**make_batch(model.config, image_mask=(0, 0, 0, 0)))
-    assert text_only.alignment_loss is None and text_only.contrastive_loss is None and text_only.region_loss is None
-    assert text_only.summary_loss is not None and text_only.attribute_loss is not None
+    for name in ("alignment_loss", "contrastive_loss", "region_loss"):   # reported as a constant 0, no gradient
+        value = getattr(text_only, name)
+        assert value.item() == 0.0 and not value.requires_grad, name
+    assert text_only.summary_loss.item() > 0 and text_only.attribute_loss.item() > 0
+    weights = {t: getattr(model.config, f"{t}_loss_weight") for t in TASKS}
+    torch.testing.assert_close(text_only.loss, weights["summary"] * text_only.summary_loss
+                               + weights["attribute"] * text_only.attribute_loss)
+
+
+def test_readme_batch_with_one_imaged_product_reports_every_task_loss():
+    # The README's MMAPS snippet, exactly: two products, only the first has an image, so the alignment and
+    # contrastive tasks have no pair (they need two imaged products) while region modelling still runs.
+    processor = preset_processor("tiny", attribute_vocabulary=["真皮", "黑色"])
+    model = MMAPSForConditionalGeneration(preset_config("tiny", num_attributes=2))
+    batch = processor(["这款包的材质很好，真皮手提", "简约百搭大容量"], summaries=["真皮手提", "大容量百搭"],
+                      attributes=[["真皮"], []],
+                      visual_features=[torch.randn(3, 16), None],
+                      visual_boxes=[torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 3), None])
+    out = model(**batch)
+    reported = {t: float(getattr(out, f"{t}_loss").detach()) for t in TASKS}
+    assert reported["alignment"] == 0.0 and reported["contrastive"] == 0.0, reported
+    assert not out.alignment_loss.requires_grad and not out.contrastive_loss.requires_grad
+    assert reported["summary"] > 0 and reported["attribute"] > 0 and reported["region"] > 0, reported
+    assert out.summary_loss.requires_grad and out.region_loss.requires_grad
+    weights = {t: getattr(model.config, f"{t}_loss_weight") for t in TASKS}
+    torch.testing.assert_close(out.loss, sum(weights[t] * getattr(out, f"{t}_loss") for t in TASKS))
+    out.loss.backward()   # the zeros carry no graph and do not break the backward pass
+
+
+def test_plain_inference_reports_no_loss():
+    model = tiny_model()
+    batch = make_batch(model.config)
+    out = model(**{k: v for k, v in batch.items() if k not in ("labels", "attribute_labels")},
+                decoder_input_ids=batch["labels"].clamp(min=0))
+    assert out.loss is None and all(getattr(out, f"{t}_loss") is None for t in TASKS)
 
 
 def test_padding_does_not_change_an_example():
