@@ -54,7 +54,9 @@ FAISS_FILE = "gallery_faiss.index"
 FORMAT_VERSION = 1
 
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_FAISS_KINDS = ("flat", "ivf", "hnsw")
+_FAISS_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+_TRAINED_FAISS_FILE = "trained.faiss"
+_TRAINED_CONFIG_FILE = "trained.json"
 # Metadata keys that would overwrite the fields every hit carries.
 _RESERVED_HIT_KEYS = ("id", "score")
 # Config keys that describe how a model was saved or loaded, not what it computes.
@@ -215,6 +217,28 @@ def _same_weights_other_dtype(built: dict[str, Any], current: dict[str, Any]) ->
     return None
 
 
+_IDENTITY_KEYS = ("config_hash", "weights_fingerprint", "target_inputs")
+
+
+def _check_same_model(built: dict[str, Any] | None, other: dict[str, Any] | None, position: int) -> None:
+    """Shard `position` was encoded by shard 0's model (same config hash, weights and target inputs), or ValueError."""
+    if not built and not other:
+        return
+    if not built or not other:
+        missing = 0 if not built else position
+        raise ValueError(
+            f"GalleryIndex.merge: shard {missing} records no model identity, so it cannot be checked against the "
+            "others; pass check_model=False if you know every shard was encoded by the same model"
+        )
+    for key in _IDENTITY_KEYS:
+        if built.get(key) != other.get(key):
+            raise ValueError(
+                f"GalleryIndex.merge: shard {position} was encoded by a different model than shard 0 ({key}: "
+                f"{other.get(key)!r} vs {built.get(key)!r}); shard 0: {_describe_identity(built)}; shard {position}: "
+                f"{_describe_identity(other)}. Re-encode it with shard 0's model, or pass check_model=False"
+            )
+
+
 def _describe_identity(identity: dict[str, Any] | None) -> str:
     if not identity:
         return "<unknown model>"
@@ -294,6 +318,124 @@ def _import_faiss():
 # --------------------------------------------------------------------------------------------------------------------
 # The index
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def _default_pq_m(dim: int) -> int:
+    """The most sub-quantizers in (64, 32, 16, 8, 4, 2, 1) that divide D and leave ≥ 2 dims each."""
+    for candidate in (64, 32, 16, 8, 4, 2, 1):
+        if dim % candidate == 0 and dim // candidate >= 2:
+            return candidate
+    return 1
+
+
+@dataclass
+class TrainedFaiss:
+    """A faiss index trained once (IVF centroids, PQ codebooks) and holding no vectors yet, with its settings.
+
+    Train it on a sample (`train_faiss`), `save` it, and give it to every shard's `GalleryIndex.build_faiss(
+    trained=...)`: each shard fills its own copy, and `GalleryIndex.merge` joins their inverted lists. On disk it is
+    a folder of `trained.faiss` and `trained.json` (the settings and `trained_sha256`, the digest of the serialised
+    trained index, which is what makes shards mergeable).
+    """
+
+    index: Any
+    config: dict[str, Any]
+
+    def save(self, path: str | os.PathLike) -> None:
+        faiss = _import_faiss()
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        _atomic_write(os.path.join(path, _TRAINED_FAISS_FILE), lambda tmp: faiss.write_index(self.index, tmp))
+
+        def write_json(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(self.config, handle, indent=1)
+
+        _atomic_write(os.path.join(path, _TRAINED_CONFIG_FILE), write_json)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainedFaiss:
+        faiss = _import_faiss()
+        path = os.fspath(path)
+        index_path, config_path = os.path.join(path, _TRAINED_FAISS_FILE), os.path.join(path, _TRAINED_CONFIG_FILE)
+        for name in (index_path, config_path):
+            if not os.path.isfile(name):
+                raise ValueError(f"TrainedFaiss.load: {name!r} not found; is {path!r} a folder written by TrainedFaiss.save?")
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        index = faiss.read_index(index_path)
+        digest = hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()
+        if index.ntotal != 0 or digest != config.get("trained_sha256"):
+            raise ValueError(
+                f"TrainedFaiss.load: {index_path!r} does not match {config_path!r} (digest or vector count differs); "
+                "train and save it again"
+            )
+        return cls(index=index, config=config)
+
+
+def train_faiss(
+    sample: torch.Tensor | np.ndarray,
+    kind: str = "ivfpq",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 64,
+    train_size: int | None = None,
+    seed: int = 0,
+    pq_m: int | None = None,
+    pq_bits: int = 8,
+    normalize: bool = True,
+) -> TrainedFaiss:
+    """An empty faiss index of `kind` trained on `sample` (`(n, D)` rows, L2-normalised here unless normalize=False).
+
+    IVF kinds run k-means on `min(n, train_size or 256·nlist)` rows drawn with `seed` (`nlist` default
+    `round(4·√n)` clamped to [1, n // 39]); IVF-PQ also learns `pq_m` codebooks of `2**pq_bits` centroids on the
+    residuals. Flat and HNSW need no training. The same sample and seed give the same trained index.
+    """
+    if kind not in _FAISS_KINDS:
+        raise ValueError(f"GalleryIndex.build_faiss kind: expected one of {_FAISS_KINDS}, got {kind!r}")
+    faiss = _import_faiss()
+    vectors = torch.as_tensor(sample).float()
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"train_faiss sample: expected a non-empty (n, D) matrix, got shape {tuple(vectors.shape)}")
+    if normalize:
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+    vectors = np.ascontiguousarray(vectors.numpy())
+    num_items, dim = vectors.shape
+    config: dict[str, Any] = {"kind": kind, "embed_dim": int(dim)}
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind in ("ivf", "ivfpq"):
+        if nlist is None:
+            nlist = int(round(4 * math.sqrt(num_items)))
+        nlist = max(1, min(int(nlist), max(1, num_items // 39)))
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            pq_m = _default_pq_m(dim) if pq_m is None else int(pq_m)
+            if pq_m < 1 or dim % pq_m:
+                raise ValueError(f"train_faiss pq_m: expected a divisor of D={dim}, got {pq_m}")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, int(pq_bits), faiss.METRIC_INNER_PRODUCT)
+            config.update(pq_m=pq_m, pq_bits=int(pq_bits))
+        train_size = min(num_items, train_size or 256 * nlist)
+        generator = np.random.default_rng(seed)
+        chosen = vectors[np.sort(generator.choice(num_items, size=train_size, replace=False))]
+        index.cp.seed = int(seed)  # faiss' k-means seed: the same sample and seed give the same centroids
+        if kind == "ivfpq":
+            index.pq.cp.seed = int(seed)
+        index.train(chosen)
+        index.nprobe = min(int(nprobe), nlist)
+        config.update(nlist=nlist, nprobe=index.nprobe, train_size=train_size, seed=int(seed))
+    else:
+        index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(ef_construction)
+        index.hnsw.efSearch = int(ef_search)
+        config.update(hnsw_m=int(hnsw_m), ef_construction=int(ef_construction), ef_search=int(ef_search))
+    if kind in ("ivf", "ivfpq"):
+        config["trained_sha256"] = hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()
+    return TrainedFaiss(index=index, config=config)
 
 
 @dataclass
@@ -475,6 +617,137 @@ class GalleryIndex:
                     "index with this model, or pass check_model=False if you know the embeddings are compatible."
                 )
 
+    # ---------------------------------------------------------------------------------------------------------- growing
+
+    def add(
+        self,
+        embeddings: torch.Tensor | np.ndarray,
+        ids: Sequence[str | int] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        *,
+        model_identity: dict[str, Any] | None = None,
+        check_model: bool = True,
+    ) -> None:
+        """Append rows in place: `(M, D)` (or `(M, K, D)` for a token-level index) embeddings, L2-normalised and
+        stored in this index's dtype exactly as the constructor does, so `index.add(b)` after `GalleryIndex(a)`
+        holds the same bytes as `GalleryIndex(cat(a, b))`.
+
+        Args:
+            embeddings: the new rows; D (and K) must be this index's.
+            ids: one id per new row, unique across the whole index; default `len(self) .. len(self) + M - 1`.
+            metadata: one dict per new row. Rows of either side without metadata get `{}`.
+            model_identity: the identity of the model that encoded the new rows (`model_identity(model)`); when
+                given, it is checked with `check_compatible` (as a query model would be) before anything changes.
+        A faiss index built on this gallery gets the new vectors too (trained indexes are not retrained: add rows
+        from the distribution the quantizer was trained on). Nothing changes when a check fails.
+        """
+        start = len(self)
+        if ids is None:
+            ids = list(range(start, start + int(torch.as_tensor(embeddings).shape[0])))
+        if model_identity is not None:
+            self.check_compatible(model_identity, check_model=check_model)
+        try:
+            part = GalleryIndex(embeddings, ids=ids, metadata=metadata, dtype=self.dtype)
+        except ValueError as error:
+            raise ValueError(f"GalleryIndex.add: {error}") from None
+        self._check_same_layout(part, "GalleryIndex.add: the new rows")
+        clash = set(self.ids).intersection(part.ids)
+        if clash:
+            first = next(item for item in part.ids if item in clash)
+            raise ValueError(
+                f"GalleryIndex.add ids: {first!r} is already in the index ({len(clash)} new id(s) clash); ids must be "
+                "unique across the index"
+            )
+        if self._faiss_index is not None:
+            self._faiss_index.add(self._faiss_vectors(part.embeddings))
+        self.embeddings = torch.cat([self.embeddings, part.embeddings.to(self.embeddings.device)])
+        if self.metadata is not None or part.metadata is not None:
+            old = self.metadata if self.metadata is not None else [{} for _ in range(start)]
+            self.metadata = old + (part.metadata if part.metadata is not None else [{} for _ in range(len(part))])
+        self.ids = self.ids + part.ids
+
+    def _check_same_layout(self, other: GalleryIndex, name: str) -> None:
+        """Same embedding size, tokens per item and storage dtype, or a ValueError naming `name`."""
+        for field in ("embed_dim", "tokens_per_item", "dtype"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                raise ValueError(f"{name} have {field}={theirs}, but the index has {field}={mine}")
+
+    @classmethod
+    def merge(cls, indexes: Sequence[GalleryIndex], check_model: bool = True) -> GalleryIndex:
+        """One index from shards (e.g. built by several processes or machines), rows in shard order.
+
+        The result equals the index built in one go from the concatenated inputs: the same stored bytes, ids,
+        metadata and search results (rows are normalised one by one, so a row does not depend on its shard).
+
+        Refused with a ValueError naming the shard: an empty list, a non-index, a different embed_dim /
+        tokens_per_item / storage dtype, a duplicate id (both shards named) and, unless `check_model=False`, a shard
+        encoded by another model (config hash, weights fingerprint or target inputs differ from shard 0's) or without
+        a recorded model identity while others have one.
+
+        faiss: when every shard carries an IVF index trained once and shared (same `trained_sha256` in its
+        `faiss_config`, see `build_faiss(trained=...)`), their inverted lists are merged (`merge_from`), exactly the
+        index one `add` of all rows would give; any other faiss indexes are dropped (call `build_faiss` on the result).
+        """
+        shards = list(indexes)
+        if not shards:
+            raise ValueError("GalleryIndex.merge: no shards given (expected a non-empty list of GalleryIndex)")
+        for position, shard in enumerate(shards):
+            if not isinstance(shard, GalleryIndex):
+                raise ValueError(f"GalleryIndex.merge: shard {position} is a {type(shard).__name__}, not a GalleryIndex")
+        first = shards[0]
+        for position, shard in enumerate(shards[1:], start=1):
+            first._check_same_layout(shard, f"GalleryIndex.merge: shard {position}'s embeddings")
+            if check_model:
+                _check_same_model(first.model_identity, shard.model_identity, position)
+        owner: dict[Any, int] = {}
+        for position, shard in enumerate(shards):
+            for item in shard.ids:
+                if item in owner:
+                    raise ValueError(
+                        f"GalleryIndex.merge: id {item!r} is in shard {owner[item]} and in shard {position}; ids must "
+                        "be unique across shards"
+                    )
+                owner[item] = position
+        any_metadata = any(shard.metadata is not None for shard in shards)
+        metadata = None
+        if any_metadata:
+            metadata = [entry for shard in shards for entry in (shard.metadata or [{} for _ in range(len(shard))])]
+        merged = cls(
+            torch.cat([shard.embeddings.cpu() for shard in shards]),
+            ids=[item for shard in shards for item in shard.ids],
+            metadata=metadata,
+            model_identity=first.model_identity,
+            dtype=first.dtype,
+            normalize=False,  # each shard's rows are normalised (and rounded) already, exactly as in one go
+        )
+        merged.to(first.device)
+        merged._merge_faiss(shards)
+        return merged
+
+    def _merge_faiss(self, shards: Sequence[GalleryIndex]) -> None:
+        configs = [shard._faiss_config for shard in shards]
+        if any(shard._faiss_index is None for shard in shards):
+            if any(config is not None for config in configs):
+                logger.warning("GalleryIndex.merge: not every shard has a faiss index; the merged index has none")
+            return
+        trained = {config.get("trained_sha256") for config in configs}
+        kinds = {config.get("kind") for config in configs}
+        if len(trained) != 1 or None in trained or not kinds <= {"ivf", "ivfpq"}:
+            logger.warning(
+                "GalleryIndex.merge: the shards' faiss indexes were not filled from one trained index "
+                "(build_faiss(trained=...)); the merged index has none: call build_faiss on it"
+            )
+            return
+        faiss = _import_faiss()
+        merged = faiss.clone_index(shards[0]._faiss_index)
+        for shard in shards[1:]:
+            merged.merge_from(faiss.clone_index(shard._faiss_index), merged.ntotal)
+        self._faiss_index = merged
+        self._faiss_config = dict(configs[0])
+        self.set_faiss_search_params(nprobe=self._faiss_config.get("nprobe"))
+        self.backend = "faiss"
+
     # ---------------------------------------------------------------------------------------------------------- search
 
     def search(
@@ -532,6 +805,11 @@ class GalleryIndex:
 
     # ---------------------------------------------------------------------------------------------------------- faiss
 
+    def _faiss_vectors(self, embeddings: torch.Tensor | None = None) -> np.ndarray:
+        """The float32 `(rows, D)` matrix faiss indexes: one row per item, or per token of a token-level gallery."""
+        embeddings = self.embeddings if embeddings is None else embeddings
+        return np.ascontiguousarray(embeddings.float().reshape(-1, self.embed_dim).cpu().numpy())
+
     def build_faiss(
         self,
         kind: str = "flat",
@@ -542,56 +820,61 @@ class GalleryIndex:
         ef_search: int = 64,
         train_size: int | None = None,
         seed: int = 0,
+        pq_m: int | None = None,
+        pq_bits: int = 8,
+        trained: TrainedFaiss | str | os.PathLike | None = None,
     ) -> GalleryIndex:
         """Build a faiss index over the embeddings and make `"faiss"` the default search backend.
 
         Args:
             kind: `"flat"` (exact inner product, `IndexFlatIP`), `"ivf"` (`IndexIVFFlat`: k-means into `nlist` cells,
-                search the `nprobe` nearest cells) or `"hnsw"` (`IndexHNSWFlat`: graph with `hnsw_m` links per node,
-                `ef_construction` / `ef_search` beam widths).
+                search the `nprobe` nearest cells), `"ivfpq"` (`IndexIVFPQ`: the same cells, each vector stored as
+                `pq_m` codes of `pq_bits` bits — `pq_m · pq_bits / 8` bytes instead of `4·D` — scored by asymmetric
+                distance) or `"hnsw"` (`IndexHNSWFlat`: graph with `hnsw_m` links per node, `ef_construction` /
+                `ef_search` beam widths).
             nlist: IVF cells; default `round(4·√N)` clamped to [1, N // 39] (faiss wants ≥ 39 training points per cell).
             train_size: IVF k-means sample size (default `min(N, 256·nlist)`).
+            pq_m: IVF-PQ sub-quantizers (must divide D); default the most of 64, 32, 16, 8, 4, 2, 1 that divides D
+                and leaves at least 2 dimensions per sub-quantizer. `pq_bits`: bits per code (8: 256 centroids).
+            trained: a `TrainedFaiss` (or its saved folder) from `train_faiss`: the IVF / IVF-PQ index trained once on
+                a sample, then filled here with this gallery's rows. Shards filled from the same trained index merge
+                exactly (`GalleryIndex.merge`), which is how faiss builds galleries larger than one machine's memory.
         The approximate kinds trade recall for speed; measure recall@k against `backend="torch"` for your data.
-        faiss keeps its own float32 copy of the embeddings. A token-level gallery indexes every token vector; search
-        then takes the `top_k · K` best tokens (which hold every true top-k item's best token when the token search
-        is exact) and rescores their items exactly by the maximum over tokens.
+        faiss keeps its own copy of the vectors (float32, or PQ codes). A token-level gallery indexes every token
+        vector; search then takes the `top_k · K` best tokens (which hold every true top-k item's best token when
+        the token search is exact) and rescores their items exactly by the maximum over tokens.
         """
-        if kind not in _FAISS_KINDS:
-            raise ValueError(f"GalleryIndex.build_faiss kind: expected one of {_FAISS_KINDS}, got {kind!r}")
         faiss = _import_faiss()
-        vectors = np.ascontiguousarray(self.embeddings.float().reshape(-1, self.embed_dim).cpu().numpy())
-        num_items, dim = vectors.shape
-        config: dict[str, Any] = {"kind": kind}
-        if kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif kind == "ivf":
-            if nlist is None:
-                nlist = int(round(4 * math.sqrt(num_items)))
-            nlist = max(1, min(int(nlist), max(1, num_items // 39)))
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            train_size = min(num_items, train_size or 256 * nlist)
-            generator = np.random.default_rng(seed)
-            sample = vectors[np.sort(generator.choice(num_items, size=train_size, replace=False))]
-            index.train(sample)
-            index.nprobe = min(int(nprobe), nlist)
-            config.update(nlist=nlist, nprobe=index.nprobe, train_size=train_size)
+        vectors = self._faiss_vectors()
+        if trained is not None:
+            if not isinstance(trained, TrainedFaiss):
+                trained = TrainedFaiss.load(trained)
+            if trained.config["embed_dim"] != self.embed_dim:
+                raise ValueError(
+                    f"GalleryIndex.build_faiss trained: the trained index has D={trained.config['embed_dim']}, the "
+                    f"gallery D={self.embed_dim}"
+                )
+            index = faiss.clone_index(trained.index)
+            config = dict(trained.config)
         else:
-            index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(ef_construction)
-            index.hnsw.efSearch = int(ef_search)
-            config.update(hnsw_m=int(hnsw_m), ef_construction=int(ef_construction), ef_search=int(ef_search))
+            trained = train_faiss(
+                vectors, kind=kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                ef_search=ef_search, train_size=train_size, seed=seed, pq_m=pq_m, pq_bits=pq_bits, normalize=False,
+            )
+            index, config = trained.index, dict(trained.config)
+        config.pop("embed_dim", None)
         index.add(vectors)
         self._faiss_index = index
         self._faiss_config = config
         self.backend = "faiss"
+        self.set_faiss_search_params(nprobe=config.get("nprobe"), ef_search=config.get("ef_search"))
         return self
 
     def set_faiss_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change the recall/speed trade-off of an approximate faiss index without rebuilding it."""
         if self._faiss_index is None:
             raise ValueError("GalleryIndex: no faiss index; call build_faiss(...) first")
-        if nprobe is not None and self._faiss_config["kind"] == "ivf":
+        if nprobe is not None and self._faiss_config["kind"] in ("ivf", "ivfpq"):
             self._faiss_index.nprobe = int(nprobe)
             self._faiss_config["nprobe"] = int(nprobe)
         if ef_search is not None and self._faiss_config["kind"] == "hnsw":
