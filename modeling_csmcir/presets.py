@@ -52,7 +52,7 @@ from transformers import Blip2VisionConfig
 from .configuration_csmcir import CSMCIRConfig
 from .processing_csmcir import CSMCIRProcessor, image_processor_for_vision_config
 
-#: BERT-uncased's vocabulary size: the Q-Former's vocabulary when the real tokenizer is installed.
+#: BERT-uncased's vocabulary size: the Q-Former's vocabulary of every preset processor (the shipped vocabulary).
 BERT_VOCAB_SIZE = 30522
 
 
@@ -273,8 +273,7 @@ def preset_processor(
     scoring: str | None = None,
 ) -> CSMCIRProcessor:
     """The processor every preset uses, built offline: the vision backbone's image processor and BERT-uncased's
-    tokenizer from the installed all-MiniLM-L6-v2 package, or (without it) a small generated WordPiece vocabulary
-    of lowercase letters, digits and punctuation.
+    tokenizer from the vocabulary shipped with the project (``modeling_csmcir/vocabulary``; 30,522 tokens).
 
     Args:
         image_size: the image processor's output side (default: ``vision_config``'s ``image_size``; 32, the presets'
@@ -285,23 +284,13 @@ def preset_processor(
     """
     get_preset(name)
     processor_settings = get_scoring_preset(scoring).processor  # every preset shares the processor; the name is still checked
-    from transformers import BertTokenizer
-
-    from .conversion.bert_seeding import find_minilm_model_dir
+    from .vocabulary import bert_uncased_tokenizer
 
     if vision_config is None:
         image_processor = image_processor_for_vision_config(Blip2VisionConfig(), image_size or 32)
     else:
         image_processor = image_processor_for_vision_config(vision_config, image_size)
-    model_dir = find_minilm_model_dir()
-    if model_dir is not None and (model_dir / "vocab.txt").is_file():
-        tokenizer = BertTokenizer.from_pretrained(os.fspath(model_dir))
-    else:
-        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        words += list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'-")
-        words += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-        tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    tokenizer.model_max_length = max_text_length
+    tokenizer = bert_uncased_tokenizer(max_text_length)
     return CSMCIRProcessor(image_processor=image_processor, tokenizer=tokenizer, max_text_length=max_text_length,
                            **processor_settings)
 

