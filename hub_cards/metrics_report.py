@@ -14,6 +14,8 @@ The file::
 
 ``model`` is a Hub id or a folder name relative to the report's folder (``"."`` when the report sits in the model's
 folder), never an absolute local path: the writer converts local paths, so a report can be published with the model.
+Absolute paths anywhere in ``settings`` or the extras are written relative to the report's folder or redacted
+(``hub_cards.portable_paths``: ``"../data/cirr"``, ``"<local>/cirr"``).
 
 :func:`parse_metrics` also reads a ``Trainer`` evaluation (``trainer.evaluate()``, a ``log_history`` entry or
 ``eval_results.json``: ``{"eval_rouge2": 12.4, "eval_loss": 2.3, "eval_runtime": 1.2, "epoch": 3.0}``) and a flat
@@ -36,6 +38,7 @@ from typing import Any
 from transformers.utils import logging
 
 from .atomic_files import write_json_atomically
+from .portable_paths import redact_local_paths
 
 logger = logging.get_logger(__name__)
 
@@ -212,7 +215,9 @@ def write_metrics_report(
     payload = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION, **described,
         "model": None if model is None else portable_model_name(model, path.parent),
-        "metrics": values, "settings": dict(settings or {}), **dict(extra or {}),
+        # Paths in the settings and extras are recorded relative to the report's folder or redacted (portable_paths).
+        "metrics": values, "settings": redact_local_paths(dict(settings or {}), path.parent),
+        **redact_local_paths(dict(extra or {}), path.parent),
     }
     return write_json_atomically(path, payload, default=str)
 

@@ -20,6 +20,7 @@ from typing import Any
 from transformers.utils import logging
 
 from .atomic_files import write_text_atomically
+from .portable_paths import redact_local_paths
 
 logger = logging.get_logger(__name__)
 
@@ -133,10 +134,12 @@ def training_arguments_without_secrets(training_args: Any) -> dict[str, Any]:
 
 
 def save_training_arguments(training_args: Any, output_dir: str | os.PathLike) -> Path:
-    """Write the training arguments as JSON, credentials removed, to ``output_dir/training_args.json``, and delete the
-    pickled ``training_args.bin`` that ``Trainer`` saves beside it (a pickle, holding ``hub_token`` in clear)."""
+    """Write the training arguments as JSON, credentials removed and absolute paths made portable
+    (``portable_paths.redact_local_paths``: ``output_dir`` becomes ``"."``), to ``output_dir/training_args.json``, and
+    delete the pickled ``training_args.bin`` that ``Trainer`` saves beside it (a pickle, holding ``hub_token`` in clear)."""
     output_dir = Path(output_dir)
-    text = json.dumps(training_arguments_without_secrets(training_args), indent=2, sort_keys=True, default=str)
+    arguments = redact_local_paths(training_arguments_without_secrets(training_args), output_dir)
+    text = json.dumps(arguments, indent=2, sort_keys=True, default=str)
     path = write_text_atomically(output_dir / TRAINING_ARGS_NAME, text + "\n")
     (output_dir / PICKLED_TRAINING_ARGS_NAME).unlink(missing_ok=True)
     return path

@@ -11,7 +11,9 @@ target's gallery row, which is also how the bank refresh looks targets up. After
 are saved to `output_dir` (which must not hold another run unless `--resume_from_checkpoint` continues it; one job
 at a time per folder, through a lock file); the seed is set before the model is built, so the same `--seed` gives the
 same run; with `--eval_split` the retrieval metrics before and after training are written to
-`output_dir/metrics.json` (the metrics-report schema of `hub_cards.metrics_report`).
+`output_dir/metrics.json` (the metrics-report schema of `hub_cards.metrics_report`). Last, the folder is made
+uploadable as it is (`hub_cards.hub_ready`): the `composed-image-retrieval` pipeline's code and a model card with
+the measured numbers and the training settings (`publish_folder`).
 """
 
 from __future__ import annotations
@@ -237,7 +239,30 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
                 extra={"before": report["before"], "after": report["after"]},
             )
         logger.info(f"retrieval before: {report['before']}\nretrieval after: {report['after']}")
+    if trainer.is_world_process_zero():
+        publish_folder(model, processor, training_args, trainer.state, data_args.dataset)
     return report
+
+
+def publish_folder(model: CSMCIRModel, processor: Any, training_args: CSMCIRTrainingArguments, state: Any,
+                   dataset: str) -> None:
+    """Make ``output_dir`` uploadable as it is (``hub_cards.hub_ready``): the `composed-image-retrieval` pipeline's
+    code and ``custom_pipelines`` entry, then the model card (the numbers of ``metrics.json`` when ``--eval_split``
+    measured them, the training settings, the usage snippet of the saved pipeline)."""
+    # Importing the package registers the task, so the pipeline's save copies its code into the folder.
+    from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK
+    from transformers import pipeline
+
+    from hub_cards import write_csmcir_card
+
+    output_dir = Path(training_args.output_dir)
+    pipeline(COMPOSED_IMAGE_RETRIEVAL_TASK, model=model, processor=processor).save_pretrained(output_dir)
+    metrics = output_dir / "metrics.json"
+    if not metrics.is_file():
+        logger.warning(f"{output_dir}: no --eval_split, so no measured numbers: the model card has no results and "
+                       "the folder is not Hub-ready until csmcir-eval has run and the card is rewritten")
+    write_csmcir_card(output_dir, metrics=metrics if metrics.is_file() else None, training_args=training_args,
+                      trainer_state=state, dataset_name=dataset)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

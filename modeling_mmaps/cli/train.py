@@ -15,7 +15,9 @@ vision tower on raw images. ``tiny-scratch`` is the CPU-sized model that learns 
 (top ``--attribute_top_n`` words per category) unless the processor has one; it must match the model's attribute
 head. ``--resume_from_checkpoint last`` resumes from the latest complete ``checkpoint-N`` in ``--output_dir``. The
 model, processor (with its vocabulary), ``train_results.json`` and the dev split's ``eval_results.json`` (a metrics
-report, ``hub_cards.metrics_report``) land in ``--output_dir``.
+report, ``hub_cards.metrics_report``) land in ``--output_dir``, with the ``product-summarization`` pipeline's code and
+a model card holding the dev numbers and the training settings, so the folder uploads as it is
+(``hub_cards.hub_ready``; evaluation runs before the save).
 """
 
 from __future__ import annotations
@@ -154,22 +156,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            data_collator=collator, processing_class=processor)
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    processor.save_pretrained(training_args.output_dir)
-    write_json_atomically(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics)
+    # Evaluate before saving: the trainer writes the model card into the folder it saves once an evaluation has
+    # produced metrics (a folder saved first has no card).
     metrics: dict[str, Any] = {}
     if evaluation is not None:
         metrics = trainer.evaluate()
-        write_metrics_report(
-            os.path.join(training_args.output_dir, "eval_results.json"), metrics,
-            protocol=trainer.evaluation_protocol, dataset=os.path.basename(os.path.normpath(data_args.data_dir)),
-            split=data_args.eval_split, model=training_args.output_dir,
-            settings={"visual_input": model_args.visual_input,
-                      "generation_num_beams": training_args.generation_num_beams,
-                      "generation_max_length": training_args.generation_max_length},
-        )
+    trainer.save_model()
+    processor.save_pretrained(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        write_json_atomically(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics)
+        if evaluation is not None:
+            write_metrics_report(
+                os.path.join(training_args.output_dir, "eval_results.json"), metrics,
+                protocol=trainer.evaluation_protocol, dataset=os.path.basename(os.path.normpath(data_args.data_dir)),
+                split=data_args.eval_split, model=training_args.output_dir,
+                settings={"visual_input": model_args.visual_input,
+                          "generation_num_beams": training_args.generation_num_beams,
+                          "generation_max_length": training_args.generation_max_length},
+            )
+        publish_folder(model, processor, training_args, trainer.state)
     logger.info("mmaps-train finished: %s", metrics)
     return metrics
+
+
+def publish_folder(model: Any, processor: Any, training_args: MMAPSTrainingArguments, state: Any) -> None:
+    """Make ``output_dir`` uploadable as it is (``hub_cards.hub_ready``): the `product-summarization` pipeline's code
+    and ``custom_pipelines`` entry, then the model card (the dev-split numbers of ``eval_results.json``, the training
+    settings, the usage snippet of the saved pipeline)."""
+    # Importing the package registers the task, so the pipeline's save copies its code into the folder.
+    from pipelines import PRODUCT_SUMMARIZATION_TASK
+    from transformers import pipeline
+
+    from hub_cards import write_mmaps_card
+
+    output_dir = training_args.output_dir
+    pipeline(PRODUCT_SUMMARIZATION_TASK, model=model, processor=processor).save_pretrained(output_dir)
+    report = os.path.join(output_dir, "eval_results.json")
+    if not os.path.isfile(report):
+        logger.warning(f"{output_dir}: no --eval_split, so no measured numbers: the model card has no results and "
+                       "the folder is not Hub-ready until mmaps-eval has run and the card is rewritten")
+    write_mmaps_card(output_dir, metrics=report if os.path.isfile(report) else None, training_args=training_args,
+                     trainer_state=state)
 
 
 console_main = console_entry_point(main, "mmaps-train")

@@ -422,6 +422,14 @@ def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["after"] == report["after"] and 0 <= saved["after"]["recall_at_5"] <= 100
     assert set(saved["before"]) == set(saved["after"]) and "recall_subset_at_1" in saved["after"]
+    # Hub-ready as it is, except for the Trainer checkpoints (pickled optimizer / RNG state), which are named.
+    from hub_cards.hub_ready import hub_ready_problems
+
+    problems = hub_ready_problems(out)
+    assert [p.split(":")[0] for p in problems] == ["checkpoint-2/", "checkpoint-4/"], problems
+    assert (out / "README.md").is_file() and (out / "composed_image_retrieval.py").is_file()
+    card = (out / "README.md").read_text()
+    assert f"value: {saved['after']['recall_at_5']}" in card and "`bank_strategy` | entropy" in card
     # A half-written later checkpoint (killed while saving) is skipped when resuming from "last".
     from hub_cards.checkpoints import latest_complete_checkpoint
 

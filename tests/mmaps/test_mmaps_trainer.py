@@ -87,8 +87,14 @@ def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
         "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
         "--generation_num_beams", "1", "--generation_max_length", "8", "--attribute_top_n", "10", "--disable_tqdm", "true",
     ])
-    for name in ("model.safetensors", "config.json", "processor_config.json", "eval_results.json", "modeling_mmaps.py"):
+    for name in ("model.safetensors", "config.json", "processor_config.json", "eval_results.json", "modeling_mmaps.py",
+                 "README.md", "product_summarization.py"):
         assert (out / name).is_file(), name
+    from hub_cards.hub_ready import hub_ready_problems
+
+    assert hub_ready_problems(out) == []   # evaluated before the save: card with the dev numbers, pipeline code
+    dev = json.loads((out / "eval_results.json").read_text())
+    assert f"value: {float(dev['metrics']['eval_rouge2'])}" in (out / "README.md").read_text()
     processor_config = json.loads((out / "processor_config.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert len(processor_config["attribute_vocabulary"]) == config["num_attributes"] > 0
@@ -109,6 +115,7 @@ def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
     eval_main(["--data_dir", small_set, "--model_name_or_path", str(out), "--split", "test", "--output_dir", str(out),
                "--num_beams", "1", "--max_new_tokens", "8"])
     assert (out / "metrics.json").is_file() and not (out / "predictions.jsonl").exists()
+    assert hub_ready_problems(out) == []   # a test-split metrics.json beside the card's dev numbers is not "stale"
     assert not any(json.loads(lines[0])["references"][0] in p.read_text(errors="ignore")
                    for p in out.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".md"))
 
