@@ -34,12 +34,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .metrics_report import REPORT_FILE_NAMES
+
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".npy_pickle")
 # A pickle starts with PROTO (0x80) and a protocol number 2..5; torch.save's zip archives hold a data.pkl.
 _PICKLE_HEADER = re.compile(rb"^\x80[\x02-\x05]")
 WEIGHTS_NAME, WEIGHTS_INDEX_NAME = "model.safetensors", "model.safetensors.index.json"
 CARD_NAME = "README.md"
-REPORT_FILE_NAMES = ("metrics.json", "eval_results.json")
 # Text files larger than this are not scanned for paths (a tokenizer.json is ~1 MB; weights are not text anyway).
 MAX_SCANNED_TEXT_BYTES = 32 * 1024 * 1024
 _WINDOWS_PATH = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\\\s\"']+\\)*[^\\\s\"']*")
@@ -173,7 +174,8 @@ def _check_card(folder: Path, problems: list[str]) -> None:
         payload = _read_json(report_path, folder, problems)
         if not isinstance(payload, dict):
             continue
-        measured = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else payload
+        measured = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else (
+            payload.get("after") if isinstance(payload.get("after"), dict) else payload)
         stated = card_values.get(payload.get("split")) or (
             next(iter(card_values.values())) if len(card_values) == 1 and payload.get("split") is None else {})
         for key, value in measured.items():

@@ -17,7 +17,8 @@ folder), never an absolute local path: the writer converts local paths, so a rep
 Absolute paths anywhere in ``settings`` or the extras are written relative to the report's folder or redacted
 (``hub_cards.portable_paths``: ``"../data/cirr"``, ``"<local>/cirr"``).
 
-:func:`parse_metrics` also reads a ``Trainer`` evaluation (``trainer.evaluate()``, a ``log_history`` entry or
+:func:`parse_metrics` also reads a training run's ``{"before": {...}, "after": {...}}`` (``retrieval_metrics.json``:
+the ``after`` numbers, those of the trained model), a ``Trainer`` evaluation (``trainer.evaluate()``, a ``log_history`` entry or
 ``eval_results.json``: ``{"eval_rouge2": 12.4, "eval_loss": 2.3, "eval_runtime": 1.2, "epoch": 3.0}``) and a flat
 dict of metrics (``{"protocol": ..., "recall_at_1": 41.2}``). The ``eval_`` / ``test_`` prefix is dropped and
 bookkeeping numbers (runtime, throughput, epoch, loss, decoding settings) are left out, as are lead-N baseline
@@ -45,8 +46,11 @@ logger = logging.get_logger(__name__)
 REPORT_FORMAT = "metrics-report"
 REPORT_VERSION = 1
 REPORT_NAME = "metrics.json"
-# A folder is searched for these, in order: the report, then a Trainer's eval_results.json.
-REPORT_FILE_NAMES = (REPORT_NAME, "eval_results.json")
+# A folder is searched for these, in order: the report, a Trainer's eval_results.json, then the before/after
+# retrieval_metrics.json that earlier csmcir-train versions wrote.
+REPORT_FILE_NAMES = (REPORT_NAME, "eval_results.json", "retrieval_metrics.json")
+# A training run's report of the numbers before and after training: the card states the trained model's ("after").
+BEFORE_AFTER_KEYS = ("before", "after")
 METRIC_PREFIXES = ("eval_", "test_")
 BOOKKEEPING_KEYS = frozenset(
     {"runtime", "samples_per_second", "steps_per_second", "epoch", "total_flos", "loss",
@@ -100,6 +104,9 @@ def parse_metrics(payload: Mapping[str, Any], source: str = "metrics") -> Evalua
         raise ValueError(f"{source}: metrics-report version {payload.get('version')!r}; this package reads version {REPORT_VERSION}")
     outer = payload
     inner = payload.get("metrics") if isinstance(payload.get("metrics"), Mapping) else payload
+    if inner is payload and isinstance(payload.get("after"), Mapping) and not any(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in payload.values()):
+        inner = payload["after"]   # {"before": {...}, "after": {...}} (retrieval_metrics.json): the trained model
     report = EvaluationReport()
     for key in DESCRIPTIVE_KEYS:
         # The inner (protocol function) value is the more specific one: e.g. FashionIQ's protocol names its categories.

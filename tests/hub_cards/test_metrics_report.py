@@ -90,3 +90,14 @@ def test_a_report_without_metrics_needs_allow_empty(tmp_path):
     assert (payload["metrics"], payload["split"], payload["submission_files"]) == ({}, "test1", ["cirr_test1_recall.json"])
     with pytest.raises(ValueError, match="no numeric metric"):
         read_metrics_report(path)
+
+
+def test_a_before_after_retrieval_report_gives_the_trained_models_numbers(tmp_path):
+    # csmcir-train's retrieval_metrics.json layout: the card states the numbers after training.
+    from hub_cards import write_csmcir_card
+
+    (tmp_path / "retrieval_metrics.json").write_text(json.dumps(
+        {"before": {"recall_at_1": 1.0, "recall_at_5": 5.0}, "after": {"recall_at_1": 20.0, "recall_at_5": 45.5}}))
+    assert read_metrics_report(tmp_path).values == {"recall_at_1": 20.0, "recall_at_5": 45.5}
+    card = write_csmcir_card(tmp_path, metrics=tmp_path).read_text()
+    assert "value: 45.5" in card and "value: 5.0" not in card
