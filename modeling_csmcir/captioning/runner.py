@@ -1,13 +1,16 @@
-"""The resumable MCoT captioning run: a journalled caption cache and the batched pass over a gallery.
+"""The resumable MCoT captioning run: journalled caption caches, the batched pass over a gallery, and the merge.
 
 :class:`CaptionCache` keeps captions in the authors' format on disk, safe against a run killed at any moment;
-:func:`generate_mcot_captions` decodes images ahead in threads, sends one chat per image through an
-``image-text-to-text`` pipeline, parses each answer and records it, isolating the images that fail.
+:func:`generate_mcot_captions` decodes images ahead in threads, sends one chat per image through a caption engine
+(an ``image-text-to-text`` pipeline, or vLLM: ``engines``), parses each answer and records it, isolating the images
+that fail. Run by several processes (``torchrun`` / ``accelerate launch``, or independent jobs with an explicit
+:class:`~modeling_csmcir.sharding.ProcessShard`), each captions its contiguous block of the images into its own
+journal, and :func:`merge_caption_journals` folds the journals into the one caption file — the same bytes a
+single-process run writes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,13 +23,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from hub_cards.atomic_files import write_json_atomically
 from hub_cards.output_lock import exclusive_output_lock
 
 from ..data.caption_files import FALLBACK_REASON_KEY, CaptionEntry, load_caption_entries, save_caption_file
+from ..sharding import ProcessShard, append_journal, journal_path, journal_paths, lock_path, read_journal
 from .answer_parsing import parse_mcot_answer
+from .engines import as_caption_engine
 from .image_sources import ImageRecord
 from .prompts import MCoTPrompt, build_mcot_messages, load_mcot_prompt
-from .vlm import check_captioning_processor
 
 
 logger = logging.get_logger(__name__)
@@ -36,43 +41,24 @@ class CaptionCache:
     """Captions on disk in the authors' format, safe against a run killed at any moment.
 
     ``output_file`` is the caption file (JSON, written atomically, keys sorted). While a run goes on, each
-    finished batch is appended and fsynced to a journal ``<output_file>.partial.jsonl`` (one ``{name: entry}``
-    object per line), so a kill loses at most the batch in flight. Opening the cache reads the file, then
-    replays the journal (a torn last line is dropped and cut off); :meth:`save` folds everything into the file
-    and removes the journal. Entries are keyed by image name, so replay never duplicates an image.
+    finished batch is appended and fsynced to this process's journal (``sharding.journal_path``:
+    ``<output_file>.partial.jsonl`` for one process, ``<output_file>.partial.rank<r>.jsonl`` for process ``r`` of
+    several), one ``{name: entry}`` object per line, so a kill loses at most the batch in flight. Opening the cache
+    reads the file, then replays *every* journal of the file (whichever process wrote it; a torn last line is
+    dropped, and cut off only from this process's own journal); :meth:`save` folds everything into the file and
+    removes the journals. Entries are keyed by image name, so replay never duplicates an image.
     """
 
-    def __init__(self, output_file: str | os.PathLike):
+    def __init__(self, output_file: str | os.PathLike, shard: ProcessShard | None = None):
         self.output_file = Path(output_file)
-        self.journal_file = self.output_file.with_name(self.output_file.name + ".partial.jsonl")
+        self.shard = shard or ProcessShard()
+        self.journal_file = journal_path(self.output_file, self.shard)
         self.entries: dict[str, CaptionEntry] = {}
         if self.output_file.exists():
             self.entries.update(load_caption_entries(self.output_file))
-        if self.journal_file.exists():
-            self._replay_journal()
-
-    def _replay_journal(self) -> None:
-        data = self.journal_file.read_bytes()
-        good_end = 0
-        for line_end in _line_ends(data):
-            line = data[good_end:line_end]
-            try:
-                batch = json.loads(line.decode("utf-8"))
-                if not isinstance(batch, dict):
-                    raise ValueError("not an object")
-            except (ValueError, UnicodeDecodeError):
-                break
-            self.entries.update(batch)
-            good_end = line_end
-        if good_end < len(data):
-            logger.warning(
-                "%s: dropping %d bytes of an unfinished journal line (the batch in flight when the run stopped)",
-                self.journal_file,
-                len(data) - good_end,
-            )
-            # Cut the torn tail so the next appended line starts on a fresh line.
-            with self.journal_file.open("r+b") as f:
-                f.truncate(good_end)
+        for journal in journal_paths(self.output_file):
+            for batch in read_journal(journal, repair=journal == self.journal_file):
+                self.entries.update(batch)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -81,34 +67,73 @@ class CaptionCache:
         return len(self.entries)
 
     def add(self, batch: dict[str, CaptionEntry]) -> None:
-        """Record finished entries: into memory and, durably, onto the journal."""
+        """Record finished entries: into memory and, durably, onto this process's journal."""
         if not batch:
             return
         self.entries.update(batch)
-        line = json.dumps(batch, ensure_ascii=False) + "\n"
-        with self.journal_file.open("a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        append_journal(self.journal_file, batch)
 
     def save(self) -> Path:
-        """Write every entry to ``output_file`` (sorted by name, atomically), then drop the journal."""
+        """Write every entry to ``output_file`` (sorted by name, atomically), then drop every journal.
+
+        Only when no other process still appends (one process, or after every process has finished)."""
         save_caption_file(self.output_file, {name: self.entries[name] for name in sorted(self.entries)})
-        if self.journal_file.exists():
-            self.journal_file.unlink()
+        for journal in journal_paths(self.output_file):
+            journal.unlink(missing_ok=True)
         return self.output_file
 
 
-def _line_ends(data: bytes) -> Iterator[int]:
-    start = 0
-    while (nl := data.find(b"\n", start)) != -1:
-        yield nl + 1
-        start = nl + 1
+def skipped_file(output_file: str | os.PathLike) -> Path:
+    """``<output_file>.skipped.json``: the images a finished run could not caption, with the reason."""
+    output_file = Path(output_file)
+    return output_file.with_name(output_file.name + ".skipped.json")
+
+
+def _skipped_part_file(output_file: Path, shard: ProcessShard) -> Path:
+    return output_file.with_name(f"{output_file.name}.skipped.rank{shard.rank}.json")
+
+
+def _skipped_part_files(output_file: Path) -> list[Path]:
+    return sorted(output_file.parent.glob(f"{output_file.name}.skipped.rank*.json")) if output_file.parent.is_dir() else []
+
+
+def merge_caption_journals(output_file: str | os.PathLike, skipped: dict[str, str] | None = None) -> tuple[Path, int]:
+    """Fold ``output_file``, every journal beside it and every process's skipped list into the final files.
+
+    The caption file gets every entry, sorted by name, written atomically — byte-identical to what one process
+    captioning the same images writes. ``<output_file>.skipped.json`` lists the images no process could caption
+    (the processes' lists plus ``skipped``, minus anything captioned since), or is removed when there are none. The
+    journals and per-process lists are removed afterwards. Call it when no process is still captioning
+    (process 0 does, after the others reach the barrier; or ``csmcir-caption --merge_only``).
+
+    Returns:
+        The caption file and how many entries it holds.
+    """
+    output_file = Path(output_file)
+    cache = CaptionCache(output_file)
+    parts = _skipped_part_files(output_file)
+    not_captioned: dict[str, str] = {}
+    for part in parts:
+        not_captioned.update(load_caption_entries(part))
+    not_captioned.update(skipped or {})
+    not_captioned = {name: reason for name, reason in sorted(not_captioned.items()) if name not in cache}
+    cache.save()
+    if not_captioned:
+        save_caption_file(skipped_file(output_file), not_captioned)
+    else:
+        skipped_file(output_file).unlink(missing_ok=True)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return output_file, len(cache)
 
 
 @dataclass
 class CaptioningReport:
-    """What a run did. ``skipped`` maps each unreadable or failed image to the reason."""
+    """What a run (of this process) did. ``skipped`` maps each unreadable or failed image to the reason.
+
+    ``total`` counts the images of this process's block (all images for a single process); ``merged`` says
+    whether this process wrote the final caption file (one process, or process 0 after the barrier).
+    """
 
     output_file: Path
     total: int = 0
@@ -118,6 +143,10 @@ class CaptioningReport:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     generated_tokens: int = 0
+    rank: int = 0
+    world_size: int = 1
+    merged: bool = False
+    entries_in_file: int | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -159,17 +188,6 @@ def _prefetched(batches: Iterable[list[ImageRecord]], workers: int) -> Iterator[
             yield pending.result()
 
 
-def _generated_text(output: Any) -> str:
-    """The answer text from one pipeline output (a list with one dict, or the dict)."""
-    if isinstance(output, list):
-        output = output[0]
-    text = output["generated_text"]
-    if isinstance(text, list):  # a chat came back (return_full_text=True): take the assistant's last turn
-        content = text[-1]["content"]
-        text = content if isinstance(content, str) else " ".join(c.get("text", "") for c in content)
-    return text
-
-
 def generate_mcot_captions(
     pipe: Any,
     images: Sequence[ImageRecord],
@@ -184,63 +202,72 @@ def generate_mcot_captions(
     max_fallback_chars: int = 300,
     on_batch_end: Callable[[int, dict[str, CaptionEntry]], None] | None = None,
     show_progress: bool = True,
+    shard: ProcessShard | None = None,
 ) -> CaptioningReport:
     """Caption every image not yet in ``output_file`` with the MCoT prompt, resuming an earlier run.
 
-    Each batch of ``batch_size`` images is decoded (in ``num_workers`` background threads), sent through
-    ``pipe`` (an ``image-text-to-text`` pipeline) as one chat per image, parsed with
-    :func:`parse_mcot_answer`, and recorded in a :class:`CaptionCache` (journal appended per batch, caption
-    file rewritten every ``save_every`` batches and at the end, also when the run is interrupted).
-    Unreadable images are logged with their reason, listed in ``report.skipped`` and left out of the file
-    (a later run tries them again). If a batch fails in generation, its images are retried one at a time so
-    one bad image costs only itself; if every one fails, the error is raised. Greedy decoding by default.
+    ``pipe`` is an ``image-text-to-text`` pipeline or any :class:`~.engines.CaptionEngine` (e.g. vLLM). Each batch
+    of ``batch_size`` images is decoded (in ``num_workers`` background threads), sent through the engine as one
+    chat per image, parsed with :func:`parse_mcot_answer`, and recorded in a :class:`CaptionCache` (journal
+    appended per batch). Unreadable images are logged with their reason, listed in ``report.skipped`` and in
+    ``<output_file>.skipped.json``, and left out of the file (a later run tries them again). If a batch fails in
+    generation, its images are retried one at a time so one bad image costs only itself; if every one fails, the
+    error is raised. Greedy decoding by default.
+
+    One process (``shard`` None or of size 1): the caption file is rewritten every ``save_every`` batches and at the
+    end, also when the run is interrupted. Several processes (``shard`` = this process's place, from
+    ``sharding.current_process``): this process captions only its contiguous block of ``images``
+    (``shard.split``; the block is cut from the whole list, so every process agrees whatever is already done),
+    skipping what any journal already holds, and writes only its own journal. At the end, with a process group
+    (``shard.distributed``), every process waits at a barrier and process 0 merges
+    (:func:`merge_caption_journals`); independent jobs leave the merge to one ``--merge_only`` run.
 
     ``on_batch_end(batch_index, entries)`` is called after each batch is recorded.
 
-    One job per caption file: the run holds an exclusive lock on ``<output_file>.lock`` (beside the journal), so a
-    second job on the same file fails at once with an error naming the first (pid, host, start, command) instead of
-    both exiting 0 with one job's captions lost. Rerun it when the first has finished: it resumes, skipping what the
-    first captioned.
+    One job per caption file: process 0 holds an exclusive lock on ``<output_file>.lock`` (process ``r > 0`` on
+    ``<output_file>.rank<r>.lock``), so a second job on the same file fails at once with an error naming the first
+    (pid, host, start, command). Rerun it when the first has finished: it resumes, skipping what the first captioned.
 
     Raises:
-        OutputInUseError: another job holds ``<output_file>.lock``.
+        OutputInUseError: another job holds the lock.
         PermissionError: the caption file's folder is not writable (named once, before any work).
-        ValueError: before any work, when the pipeline's processor cannot take images or has no chat template,
-            or ``batch_size``/``max_new_tokens`` are not positive.
+        ValueError: before any work, when the engine's processor cannot take images or has no chat template,
+            or ``batch_size``/``max_new_tokens`` are not positive, or image names repeat.
     """
+    shard = shard or ProcessShard()
+    output_file = Path(output_file)
+    what = f"caption file {os.fspath(output_file)!r}" + ("" if shard.single else f" (process {shard.rank})")
     # One job per caption file: held before anything is checked or read, until the last write.
-    with exclusive_output_lock(caption_lock_file(output_file), what=f"caption file {os.fspath(output_file)!r}"):
+    with exclusive_output_lock(lock_path(output_file, shard), what=what):
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size} and {max_new_tokens})")
-        check_captioning_processor(getattr(pipe, "processor", None), type(getattr(pipe, "model", pipe)).__name__)
+        engine = as_caption_engine(pipe)
+        engine.check()
         if isinstance(prompt, str):
             prompt = load_mcot_prompt(prompt)
         names = [r.name for r in images]
         if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
+            seen: set[str] = set()
+            dup = next(n for n in names if n in seen or seen.add(n))
             raise ValueError(f"image names must be unique (got {dup!r} more than once)")
 
-        cache = CaptionCache(output_file)
-        report = CaptioningReport(output_file=cache.output_file, total=len(images))
-        todo = [r for r in images if r.name not in cache]
-        report.reused = len(images) - len(todo)
+        mine = shard.split(images)
+        cache = CaptionCache(output_file, shard)
+        report = CaptioningReport(output_file=cache.output_file, total=len(mine), rank=shard.rank,
+                                  world_size=shard.world_size)
+        todo = [r for r in mine if r.name not in cache]
+        report.reused = len(mine) - len(todo)
         if report.reused:
-            logger.info("%s: %d of %d images already captioned, resuming", cache.output_file, report.reused, len(images))
+            logger.info("%s: %d of %d images already captioned, resuming", cache.output_file, report.reused, len(mine))
         gen_kwargs = {"do_sample": False, **(generate_kwargs or {})}
-        tokenizer = getattr(pipe.processor, "tokenizer", None)
+        tokenizer = getattr(engine.processor, "tokenizer", None)
 
         def run(chats: list) -> list[str]:
-            outputs = pipe(
-                chats,
-                batch_size=len(chats),
-                max_new_tokens=max_new_tokens,
-                return_full_text=False,
-                generate_kwargs=gen_kwargs,
-            )
-            return [_generated_text(o) for o in outputs]
+            return engine.generate_answers(chats, max_new_tokens=max_new_tokens, generate_kwargs=gen_kwargs)
 
         start = time.perf_counter()
-        bar = tqdm(total=len(todo), unit="img", desc="MCoT captions", disable=not show_progress)
+        desc = "MCoT captions" if shard.single else f"MCoT captions [{shard.rank}/{shard.world_size}]"
+        bar = tqdm(total=len(todo), unit="img", desc=desc, disable=not show_progress)
         try:
             for batch_index, loaded in enumerate(_prefetched(_batches(todo, batch_size), num_workers)):
                 good = []
@@ -281,24 +308,49 @@ def generate_mcot_captions(
                 elapsed = time.perf_counter() - start
                 bar.update(len(loaded))
                 bar.set_postfix(tok_s=f"{report.generated_tokens / max(elapsed, 1e-9):.1f}", skipped=len(report.skipped))
-                if save_every > 0 and (batch_index + 1) % save_every == 0:
+                if shard.single and save_every > 0 and (batch_index + 1) % save_every == 0:
                     cache.save()
                 if on_batch_end is not None:
                     on_batch_end(batch_index, entries)
+        except BaseException:
+            # Also on an exception or Ctrl-C: one process folds what finished into the caption file; with several,
+            # the journal already holds it and the merge folds it.
+            if shard.single:
+                cache.save()
+            raise
         finally:
             bar.close()
             report.seconds = time.perf_counter() - start
-            # Also on an exception or Ctrl-C: what finished is folded into the caption file.
-            cache.save()
         if report.skipped:
             logger.warning("%d image(s) skipped: %s", len(report.skipped), report.skipped)
+        if shard.single:
+            _, report.entries_in_file = merge_caption_journals(output_file, report.skipped)
+            report.merged = True
+            return report
+        part = _skipped_part_file(output_file, shard)
+        if report.skipped:
+            write_json_atomically(part, report.skipped)
+        else:
+            part.unlink(missing_ok=True)
+        if shard.distributed:
+            shard.barrier()
+            if shard.is_main:
+                _, report.entries_in_file = merge_caption_journals(output_file)
+                report.merged = True
+            shard.barrier()  # nobody exits (and releases its lock) before the caption file is complete
         return report
 
 
 def caption_lock_file(output_file: str | os.PathLike) -> Path:
-    """The lock file a captioning run holds on ``output_file``: ``<output_file>.lock``, beside the journal."""
-    output_file = Path(output_file)
-    return output_file.with_name(output_file.name + ".lock")
+    """The lock file a (single-process) captioning run holds on ``output_file``: ``<output_file>.lock``."""
+    return lock_path(output_file, ProcessShard())
 
 
-__all__ = ["CaptionCache", "CaptioningReport", "caption_lock_file", "generate_mcot_captions"]
+__all__ = [
+    "CaptionCache",
+    "CaptioningReport",
+    "caption_lock_file",
+    "generate_mcot_captions",
+    "merge_caption_journals",
+    "skipped_file",
+]

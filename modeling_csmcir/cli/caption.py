@@ -11,7 +11,17 @@ A killed run is resumed by running the same command again. One job per output fi
 ``<output_file>.lock`` (beside the journal ``<output_file>.partial.jsonl``), and a second job on the same file exits
 at once with an error naming the first (outputs are locked, not merged). Images that cannot be read are listed with the
 reason in ``<output_file>.skipped.json`` (when there are any). The model is loaded through
-``pipeline("image-text-to-text")`` (its Auto classes), checked first (chat template, image support).
+``pipeline("image-text-to-text")`` (its Auto classes), checked first (chat template, image support);
+``--engine vllm`` generates with vLLM instead (optional, not a dependency).
+
+Data-parallel: under ``torchrun --nproc_per_node N`` / ``accelerate launch``, each process captions its contiguous
+block of the images into its own journal (``<output_file>.partial.rank<r>.jsonl``) and process 0 merges them into
+the caption file at the end (``modeling_csmcir.sharding``); independent jobs (several machines without a process
+group) pass ``--process_index i --num_processes N`` and one ``--merge_only`` run merges. Rerunning after any
+process died resumes from the journals, captioning nothing twice.
+
+    torchrun --nproc_per_node 4 -m modeling_csmcir.cli.caption --image_dir images --model_name_or_path M \\
+        --output_file captions/cap.json
 """
 
 from __future__ import annotations
@@ -37,12 +47,20 @@ if TYPE_CHECKING:
 class ModelArguments:
     """Which vision-language model captions, and where it runs."""
 
-    model_name_or_path: str = field(metadata={"help": "Hub id or folder of a vision-language model with a chat template."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or folder of a vision-language model with a chat template."}
+    )
     chat_template: str | None = field(default=None, metadata={"help": "Jinja chat template (string or file) if missing."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, mps ... (default: accelerate's)."})
     device_map: str | None = field(default=None, metadata={"help": "e.g. auto, to shard a large VLM across devices."})
     dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model's own code from the Hub."})
+    engine: str = field(default="transformers", metadata={"help": "transformers (pipeline('image-text-to-text')) or "
+                                                                  "vllm (vLLM offline batching, if installed)."})
+
+    def __post_init__(self):
+        if self.engine not in {"transformers", "vllm"}:
+            raise ValueError(f"--engine must be transformers or vllm (got {self.engine!r})")
 
 
 @dataclass
@@ -66,7 +84,7 @@ class DataArguments:
     limit: int | None = field(default=None, metadata={"help": "Caption only the first N images (for a trial run)."})
 
     def __post_init__(self):
-        if (self.image_dir is None) == (self.dataset is None):
+        if self.image_dir is not None and self.dataset is not None:
             raise ValueError("pass exactly one of --image_dir or --dataset")
         if self.dataset_format not in {"auto", "cirr", "hf"}:
             raise ValueError(f"--dataset_format must be auto, cirr or hf (got {self.dataset_format!r})")
@@ -83,6 +101,11 @@ class CaptioningArguments:
     max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per image."})
     save_every: int = field(default=50, metadata={"help": "Rewrite the caption file every N batches."})
     num_workers: int = field(default=2, metadata={"help": "Threads decoding images ahead of generation."})
+    process_index: int | None = field(default=None, metadata={"help": "Independent jobs: this job's index in "
+                                                                      "[0, num_processes) (torchrun/accelerate set it)."})
+    num_processes: int | None = field(default=None, metadata={"help": "Independent jobs: how many share the images."})
+    merge_only: bool = field(default=False, metadata={"help": "Only merge the journals of finished jobs into "
+                                                              "--output_file (after independent jobs)."})
 
 
 def collect_images(data_args: DataArguments) -> list[ImageRecord]:
@@ -115,23 +138,32 @@ def main(argv: list[str] | None = None) -> CaptioningReport:
     parser = HfArgumentParser((ModelArguments, DataArguments, CaptioningArguments))
     model_args, data_args, run_args = parser.parse_args_into_dataclasses(args=argv)
     from ..captioning.prompts import load_mcot_prompt
-    from ..captioning.runner import generate_mcot_captions
-    from ..captioning.vlm import load_captioning_pipeline
-    from ..data.caption_files import save_caption_file
+    from ..captioning.runner import CaptioningReport, generate_mcot_captions, merge_caption_journals
+    from ..sharding import ProcessShard, current_process, lock_path
 
+    if run_args.merge_only:
+        from hub_cards.output_lock import exclusive_output_lock
+
+        with exclusive_output_lock(lock_path(data_args.output_file, ProcessShard()),
+                                   what=f"caption file {data_args.output_file!r}"):
+            output_file, entries = merge_caption_journals(data_args.output_file)
+        report = CaptioningReport(output_file=output_file, merged=True, entries_in_file=entries)
+        print(json.dumps({"output_file": str(output_file), "merged": True, "entries": entries}))
+        return report
+
+    if data_args.image_dir is None and data_args.dataset is None:
+        raise ValueError("pass exactly one of --image_dir or --dataset")
+    if model_args.model_name_or_path is None:
+        raise ValueError("--model_name_or_path is required (a vision-language model), except with --merge_only")
     prompt = load_mcot_prompt(run_args.prompt)
     images = collect_images(data_args)
+    # This process's place first: under torchrun/accelerate it joins the process group, so the pipeline lands on
+    # this process's device.
+    shard = current_process(run_args.process_index, run_args.num_processes)
     # Checks the model (chat template, image support) before any image is touched.
-    pipe = load_captioning_pipeline(
-        model_args.model_name_or_path,
-        device=model_args.device,
-        device_map=model_args.device_map,
-        dtype=model_args.dtype,
-        trust_remote_code=model_args.trust_remote_code,
-        chat_template=model_args.chat_template,
-    )
+    engine = load_engine(model_args)
     report = generate_mcot_captions(
-        pipe,
+        engine,
         images,
         data_args.output_file,
         prompt=prompt,
@@ -139,25 +171,44 @@ def main(argv: list[str] | None = None) -> CaptioningReport:
         max_new_tokens=run_args.max_new_tokens,
         save_every=run_args.save_every,
         num_workers=run_args.num_workers,
+        shard=shard,
     )
-    skipped_file = Path(f"{data_args.output_file}.skipped.json")
-    if report.skipped:
-        save_caption_file(skipped_file, report.skipped)
-    elif skipped_file.exists():
-        skipped_file.unlink()
     summary = {
         "output_file": str(report.output_file),
+        "process_index": report.rank,
+        "num_processes": report.world_size,
         "images": report.total,
         "captioned": report.captioned,
         "reused": report.reused,
         "fallbacks": report.fallbacks,
         "skipped": len(report.skipped),
+        "merged": report.merged,
+        "entries_in_file": report.entries_in_file,
         "seconds": round(report.seconds, 2),
         "images_per_second": round(report.images_per_second, 3),
         "tokens_per_second": round(report.tokens_per_second, 1),
     }
     print(json.dumps(summary))
     return report
+
+
+def load_engine(model_args: ModelArguments):
+    """The caption engine the arguments ask for (checked: chat template, image support) — a pipeline or vLLM."""
+    if model_args.engine == "vllm":
+        from ..captioning.engines import VLLMEngine
+
+        return VLLMEngine(model_args.model_name_or_path, chat_template=model_args.chat_template,
+                          trust_remote_code=model_args.trust_remote_code, dtype=model_args.dtype)
+    from ..captioning.vlm import load_captioning_pipeline
+
+    return load_captioning_pipeline(
+        model_args.model_name_or_path,
+        device=model_args.device,
+        device_map=model_args.device_map,
+        dtype=model_args.dtype,
+        trust_remote_code=model_args.trust_remote_code,
+        chat_template=model_args.chat_template,
+    )
 
 
 console_main = console_entry_point(main, "csmcir-caption")
