@@ -8,6 +8,12 @@ not handed to ``sys.exit`` (a returned dict would exit with status 1), and bad i
 ``TimeoutError`` and :class:`hub_cards.output_lock.OutputInUseError` — ends the process with one line naming the
 problem, without a traceback. ``--debug`` anywhere on the command line (it is removed before ``main`` parses the
 rest) or the environment variable ``CLI_DEBUG=1`` shows the full traceback instead.
+
+Progress bars go to a terminal only (:func:`quiet_progress_bars_unless_terminal`, called by every console script
+and the demo): when stderr is redirected to a file or a pipe, a tqdm bar writes one ``\r`` update after another
+into it, so a log becomes one endless line. There, every bar is switched off — transformers' (weight loading and
+saving, the Trainer's, the pipelines' gallery encoding), datasets', huggingface_hub's and plain ``tqdm`` ones —
+while the Trainer's loss lines and our log messages still print. ``CLI_PROGRESS_BARS=1`` keeps the bars anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
                PermissionError, TimeoutError, OutputInUseError)
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "CLI_DEBUG"
+PROGRESS_ENV = "CLI_PROGRESS_BARS"
 
 
 def debug_requested(argv: list[str] | None = None) -> bool:
@@ -31,10 +38,49 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     return DEBUG_FLAG in argv[1:] or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def quiet_progress_bars_unless_terminal(stream: Any = None) -> bool:
+    """Switch every progress bar off when ``stream`` (default ``sys.stderr``) is not a terminal (module docstring).
+
+    Returns whether bars were switched off. Idempotent; ``CLI_PROGRESS_BARS=1`` leaves them on."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if (callable(isatty) and isatty()) or _truthy(PROGRESS_ENV):
+        return False
+    # Read when datasets is first imported; the call below covers a datasets that is already imported.
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    import huggingface_hub.utils
+    import tqdm.std
+    from transformers.utils import logging as transformers_logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    # Plain tqdm bars (ours, and the Trainer's ProgressCallback, whose loss lines go through tqdm.write and still
+    # print) are created with `disable=` given per call; the default is changed once, at the class every tqdm
+    # flavour (tqdm.auto, tqdm.asyncio, transformers' wrapper) initialises through.
+    original = tqdm.std.tqdm.__init__
+    if not getattr(original, "_quiet_unless_terminal", False):
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            if len(args) <= 10:   # `disable` is tqdm's 11th positional parameter
+                kwargs["disable"] = True
+            original(self, *args, **kwargs)
+
+        __init__._quiet_unless_terminal = True  # type: ignore[attr-defined]
+        __init__.__wrapped__ = original  # type: ignore[attr-defined]
+        tqdm.std.tqdm.__init__ = __init__
+    return True
+
+
 def console_entry_point(main: Callable[[], Any], prog: str) -> Callable[[], None]:
     """A zero-argument entry point that runs ``main()`` and exits 0, or exits 2 with ``"<prog>: error: ..."``."""
 
     def console_main() -> None:
+        quiet_progress_bars_unless_terminal()
         debug = debug_requested()
         if DEBUG_FLAG in sys.argv[1:]:
             sys.argv = [sys.argv[0], *(a for a in sys.argv[1:] if a != DEBUG_FLAG)]
@@ -51,4 +97,5 @@ def console_entry_point(main: Callable[[], Any], prog: str) -> Callable[[], None
     return console_main
 
 
-__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "USER_ERRORS", "console_entry_point", "debug_requested"]
+__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "PROGRESS_ENV", "USER_ERRORS", "console_entry_point", "debug_requested",
+           "quiet_progress_bars_unless_terminal"]
