@@ -14,6 +14,7 @@ Used by ``benchmarks/ablation_csmcir.py`` and ``csmcir-visualize``.
 
 from __future__ import annotations
 
+import copy
 import logging as std_logging
 import math
 import time
@@ -216,14 +217,19 @@ def train_cached(
     train: CachedCIRSplit,
     val: CachedCIRSplit | None,
     settings: CachedRunSettings,
+    initial_model: CSMCIRModel | None = None,
 ) -> tuple[CSMCIRModel, dict[str, Any]]:
-    """Train a fresh `CSMCIRModel` (weights drawn with `settings.seed`) with
-    `CSMCIRTrainer` on cached features. Returns the model and ``{"train_seconds", "final_loss", "curve",
+    """Train a fresh `CSMCIRModel` (weights drawn with `settings.seed`), or a copy of `initial_model` (a pretrained
+    start: ``pretraining.pretrain``; `config` is then ignored), with `CSMCIRTrainer` on cached features. Returns the model and ``{"train_seconds", "final_loss", "curve",
     "log_history"}`` (the trainer's training-loss log lines, with the bank's numbers);
     the curve holds val metrics every `settings.eval_every` steps (empty when 0 or without `val`).
     The learning rate follows linear warm-up then cosine decay to 0 over `max_steps`."""
     torch.manual_seed(settings.seed)
-    model = CSMCIRModel(config)
+    if initial_model is None:
+        model = CSMCIRModel(config)
+    else:  # a copy, so one pretrained start serves every run of a benchmark
+        model = copy.deepcopy(initial_model)
+        model.temperature.requires_grad_(True)
     collator = CachedCIRCollator(train, settings.use_target_captions)
     args = CSMCIRTrainingArguments(
         output_dir=settings.output_dir, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,

@@ -313,7 +313,9 @@ def preset_model(name: str = "tiny", *, image_size: int = 32, scoring: str | Non
     if get_preset(name).bert_shaped:
         from .conversion.bert_seeding import find_minilm_model_dir, seed_qformer_from_bert
 
-        seed_qformer_from_bert(model, overrides.get("minilm_dir") or find_minilm_model_dir())
+        # A shallower Q-Former (qformer_num_hidden_layers=N) is seeded from MiniLM's first N layers.
+        layers = list(range(model.config.qformer_config.num_hidden_layers))
+        seed_qformer_from_bert(model, overrides.get("minilm_dir") or find_minilm_model_dir(), layer_indices=layers)
     return model, processor
 
 

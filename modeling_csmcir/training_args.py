@@ -23,14 +23,20 @@ class CSMCIRTrainingArguments(TrainingArguments):
         metadata={"help": "Memory bank strategy: none, fifo (every entry), hard (top k_max), entropy (per-query k).",
                   "choices": list(BANK_STRATEGIES)},
     )
-    bank_size: int = field(default=4096, metadata={"help": "Number of target embeddings the bank holds."})
-    bank_k_min: int = field(default=16, metadata={"help": "Fewest bank negatives per query (entropy strategy)."})
-    bank_k_max: int = field(default=256, metadata={"help": "Most bank negatives per query (entropy and hard)."})
+    # The bank defaults are the fine-tuning settings of benchmarks/results/finetune_csmcir.md (a pretrained start,
+    # batch 8-16, small learning rate): at most 2x a batch of 16 in bank negatives, entries from the last few
+    # hundred steps, served after a warm-up. The earlier defaults (4096 entries, k 16..256, from step 0) let the
+    # bank's detached negatives take over the softmax and collapsed training (csmcir_bank_diagnosis.md).
+    bank_size: int = field(default=1024, metadata={"help": "Number of target embeddings the bank holds."})
+    bank_k_min: int = field(default=4, metadata={"help": "Fewest bank negatives per query (entropy strategy)."})
+    bank_k_max: int = field(default=32, metadata={"help": "Most bank negatives per query (entropy and hard)."})
     bank_age_decay: float = field(
-        default=500.0, metadata={"help": "Age down-weighting: log w = -age / bank_age_decay (steps); <= 0 disables."}
+        default=100.0, metadata={"help": "Age down-weighting: log w = -age / bank_age_decay (steps); <= 0 disables."}
     )
-    bank_max_age: int = field(default=1000, metadata={"help": "Evict entries older than this many steps; < 0 never."})
-    bank_start_step: int = field(default=0, metadata={"help": "First optimiser step at which the bank serves negatives."})
+    bank_max_age: int = field(default=200, metadata={"help": "Evict entries older than this many steps; < 0 never."})
+    bank_start_step: int = field(
+        default=50, metadata={"help": "First optimiser step at which the bank serves negatives (XBM-style warm-up)."}
+    )
     bank_weight: float = field(
         default=1.0,
         metadata={"help": "Weight w of every served bank negative in the InfoNCE denominator (log w added to its logit); "
@@ -86,4 +92,31 @@ class CSMCIRTrainingArguments(TrainingArguments):
         )
 
 
-__all__ = ["CSMCIRTrainingArguments"]
+@dataclass
+class CSMCIRPretrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the ITC stage's own settings."""
+
+    temperature_learning_rate: float = field(
+        default=1e-4,
+        metadata={"help": "Learning rate of the ITC temperature τ (its own parameter group, no weight decay). Adam "
+                          "moves a parameter by about its learning rate per step, so the model's rate would send τ "
+                          "to its clamp in tens of steps; 0 freezes τ."},
+    )
+    completion_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the caption-completion term (ours, beyond BLIP-2's ITC): the joint pass over "
+                          "(image, caption with words masked) — the CIR query computation — contrasted with the "
+                          "full caption's text feature, so the query path learns to read the image; 0 = ITC only."},
+    )
+    completion_mask_rate: float = field(
+        default=0.5, metadata={"help": "Share of caption words masked for the caption-completion term."}
+    )
+    freeze_word_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the Q-Former's word embeddings fixed (e.g. MiniLM's): cheaper steps with a large "
+                          "vocabulary, and the seeded lexical space is kept."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the row index the collator needs."})
+
+
+__all__ = ["CSMCIRPretrainingArguments", "CSMCIRTrainingArguments"]

@@ -444,4 +444,79 @@ def generate_synthetic_cir(config: SyntheticCIRConfig) -> Path:
     return root
 
 
-__all__ = ["SyntheticCIRConfig", "generate_synthetic_cir"]
+# ------------------------------------------------------------------------------- scene/caption pairs
+
+
+def scene_from_json(objects: Sequence[dict[str, Any]]) -> Scene:
+    """The canonical :data:`Scene` of a ``scenes.rc2.{split}.json`` entry (a list of object dicts)."""
+    return _canonical(SceneObject(int(o["cell"]), o["shape"], o["color"], o["size"]) for o in objects)
+
+
+def load_benchmark_scenes(data_dir: str | Path, splits: Sequence[str] = ("val", "test1")) -> set[Scene]:
+    """Every ground-truth scene of `splits` of a ``csmcir-synth`` benchmark (its ``scenes/scenes.rc2.{split}.json``),
+    e.g. to keep a pretraining set disjoint from the benchmark's evaluation images."""
+    import json
+
+    scenes: set[Scene] = set()
+    for split in splits:
+        path = Path(data_dir) / "scenes" / f"scenes.rc2.{split}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no scene file (expected a csmcir-synth benchmark with split {split!r})")
+        images = json.loads(path.read_text(encoding="utf-8")).get("images")
+        if not isinstance(images, dict):
+            raise ValueError(f"{path}: expected an object with an 'images' mapping, got {type(images).__name__}")
+        scenes.update(scene_from_json(objects) for objects in images.values())
+    return scenes
+
+
+def scene_caption_pairs(
+    num_pairs: int,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    grid_size: int = 3,
+    min_objects: int = 1,
+    max_objects: int = 5,
+    caption_error_rate: float = 0.0,
+    position_jitter: int = 2,
+    exclude: set[Scene] | frozenset[Scene] = frozenset(),
+    stream: str = "pretrain",
+) -> list[dict[str, Any]]:
+    """`num_pairs` distinct rendered scenes with their captions: the image–text pretraining data.
+
+    Scenes are drawn like the benchmark's (:func:`random_scene`, :func:`render_scene`) with
+    ``min_objects``..``max_objects`` objects (the default 1..5 covers every benchmark image: references of 2..4
+    objects and their one-edit targets); captions are :func:`describe_scene`'s ``Final_Caption`` with
+    ``caption_error_rate`` noise. No scene appears twice, none is in `exclude` (e.g. :func:`load_benchmark_scenes`
+    of the evaluation splits, or another stream's scenes for a held-out set). Deterministic for the arguments;
+    different `stream` names give independent draws.
+
+    Returns:
+        ``[{"image": PIL.Image, "caption": str, "scene": Scene}, ...]``.
+    """
+    config = SyntheticCIRConfig(output_dir="", image_size=image_size, grid_size=grid_size, min_objects=min_objects,
+                                max_objects=max_objects, caption_error_rate=caption_error_rate,
+                                position_jitter=position_jitter)
+    rng = _seeded_rng(seed, "scene-captions", stream)
+    seen: set[Scene] = set(exclude)
+    pairs: list[dict[str, Any]] = []
+    attempts = 0
+    while len(pairs) < num_pairs:
+        attempts += 1
+        if attempts > _MAX_ATTEMPTS + 20 * num_pairs:
+            raise ValueError(f"could only draw {len(pairs)} distinct scenes of {num_pairs} ({min_objects}-{max_objects} "
+                             f"objects on a {grid_size}x{grid_size} grid, {len(exclude)} excluded)")
+        scene = random_scene(rng, config)
+        if scene in seen:
+            continue
+        seen.add(scene)
+        index = len(pairs)
+        image = render_scene(scene, config, _seeded_rng(seed, "scene-render", stream, index))
+        caption = describe_scene(scene, _seeded_rng(seed, "scene-caption", stream, index), caption_error_rate,
+                                 grid_size)["Final_Caption"]
+        pairs.append({"image": image, "caption": caption, "scene": scene})
+    return pairs
+
+
+__all__ = ["SyntheticCIRConfig", "generate_synthetic_cir", "load_benchmark_scenes", "scene_caption_pairs",
+           "scene_from_json"]
