@@ -79,6 +79,26 @@ def write_training_card(
     return CARD_WRITERS[model_type](output_dir, metrics=report, training_args=args, trainer_state=state, **card_kwargs)
 
 
+def refresh_folder_card(output_dir: str | os.PathLike, model_name_or_path: str | os.PathLike, **card_kwargs: Any) -> Path | None:
+    """After an evaluation CLI wrote ``output_dir/metrics.json``: when ``output_dir`` is the evaluated model's own
+    folder, rewrite its card from that report (training settings from its ``training_args.json``), so the card and
+    the numbers beside it never disagree (``hub_ready`` names a stale card). Returns the card's path, or ``None`` when
+    ``output_dir`` is another folder, the report holds no metric (a test split with hidden targets), or the folder
+    holds no model of ours."""
+    import json
+
+    from .metrics_report import REPORT_NAME
+
+    folder, model = Path(output_dir), Path(model_name_or_path)
+    if not (model.is_dir() and folder.resolve() == model.resolve() and (folder / "config.json").is_file()):
+        return None
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    report = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8")) if (folder / REPORT_NAME).is_file() else {}
+    if model_type not in CARD_WRITERS or not report.get("metrics"):
+        return None
+    return CARD_WRITERS[model_type](folder, metrics=folder / REPORT_NAME, **card_kwargs)
+
+
 def trainer_evaluation_protocol(trainer: Any) -> str | None:
     """``trainer.evaluation_protocol``, else (a user's own ``compute_metrics``) the function that made the numbers."""
     protocol = getattr(trainer, "evaluation_protocol", None)
@@ -195,5 +215,5 @@ class ModelCardCallback(TrainerCallback):
             _warn_card_failure(folder, err)
 
 
-__all__ = ["HubCardTrainerMixin", "ModelCardCallback", "trainer_evaluation_protocol", "write_trainer_card",
-           "write_training_card"]
+__all__ = ["HubCardTrainerMixin", "ModelCardCallback", "refresh_folder_card", "trainer_evaluation_protocol",
+           "write_trainer_card", "write_training_card"]

@@ -148,6 +148,10 @@ def run_evaluation(model_args: ModelArguments, args: DataArguments, model: torch
         if "submission_files" in report else None,
         allow_empty=True,
     )
+    # Evaluated into the model's own folder: its card states these numbers from now on.
+    from hub_cards.trainer_cards import refresh_folder_card
+
+    refresh_folder_card(output_dir, model_args.model_name_or_path)
     logger.info(f"metrics: {report['metrics']}")
     return report
 

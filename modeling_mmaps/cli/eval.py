@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         settings={"num_products": len(dataset), "visual_input": result.visual_input, "language": data_args.language,
                   "num_beams": eval_args.num_beams, "max_new_tokens": eval_args.max_new_tokens},
     )
+    # Evaluated into the model's own folder: its card states these numbers from now on.
+    from hub_cards.trainer_cards import refresh_folder_card
+
+    refresh_folder_card(eval_args.output_dir, model_args.model_name_or_path)
     print(json.dumps(result.metrics, ensure_ascii=False))
     return result.metrics
 

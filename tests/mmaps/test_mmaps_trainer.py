@@ -115,7 +115,8 @@ def test_train_and_eval_clis_write_model_and_metrics(small_set, tmp_path):
     eval_main(["--data_dir", small_set, "--model_name_or_path", str(out), "--split", "test", "--output_dir", str(out),
                "--num_beams", "1", "--max_new_tokens", "8"])
     assert (out / "metrics.json").is_file() and not (out / "predictions.jsonl").exists()
-    assert hub_ready_problems(out) == []   # a test-split metrics.json beside the card's dev numbers is not "stale"
+    assert hub_ready_problems(out) == []   # the card was rewritten from the test-split metrics.json beside it
+    assert "split: test" in (out / "README.md").read_text()
     assert not any(json.loads(lines[0])["references"][0] in p.read_text(errors="ignore")
                    for p in out.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".md"))
 
