@@ -18,6 +18,7 @@ the measured numbers and the training settings (`publish_folder`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
 from hub_cards.console import console_entry_point
+from hub_cards.launch import use_cpu_processes_if_no_accelerator
 from hub_cards.output_lock import exclusive_output_lock
 
 from ..data.layouts import BENCHMARKS
@@ -227,7 +229,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
     train_result = trainer.train(resume_from_checkpoint=resume)
     report["train"] = train_result.metrics
     trainer.save_model()
-    processor.save_pretrained(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
 
     if evaluator is not None:
         report["after"] = retrieval_metrics()
@@ -267,12 +270,17 @@ def publish_folder(model: CSMCIRModel, processor: Any, training_args: CSMCIRTrai
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run `csmcir-train` on ``argv`` (default: the command line); returns the training and retrieval report."""
+    # Several processes launched (torchrun / accelerate) on a machine without a GPU: one gloo group, not N lone runs.
+    use_cpu_processes_if_no_accelerator()
     parser = HfArgumentParser((ModelArguments, DataArguments, CSMCIRTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     check_output_dir(training_args)
-    # One job per output_dir: a second csmcir-train into the same folder fails at once, naming the first.
-    with exclusive_output_lock(Path(training_args.output_dir) / ".csmcir-train.lock",
-                               what=f"--output_dir {training_args.output_dir}"):
+    # One job per output_dir: a second csmcir-train into the same folder fails at once, naming the first. Process 0
+    # of a multi-process run holds the lock for all of them.
+    lock = (exclusive_output_lock(Path(training_args.output_dir) / ".csmcir-train.lock",
+                                  what=f"--output_dir {training_args.output_dir}")
+            if training_args.process_index == 0 else contextlib.nullcontext())
+    with lock:
         report = run_training(model_args, data_args, training_args)
     if "after" in report:
         print(json.dumps({"before": report["before"], "after": report["after"]}, indent=2))

@@ -30,6 +30,7 @@ from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
 from hub_cards.console import console_entry_point
+from hub_cards.launch import use_cpu_processes_if_no_accelerator
 
 from ..presets import PRESETS, character_vocabulary, preset_model
 from ..training_args import MMAPSTrainingArguments
@@ -109,6 +110,8 @@ def _load_model(model_args: ModelArguments, data_args: DataArguments, train_data
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse the flags, train, evaluate on the dev split, save; returns the eval metrics."""
+    # Several processes launched (torchrun / accelerate) on a machine without a GPU: one gloo group, not N lone runs.
+    use_cpu_processes_if_no_accelerator()
     parser = HfArgumentParser((ModelArguments, DataArguments, MMAPSTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     from hub_cards.atomic_files import write_json_atomically
@@ -162,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if evaluation is not None:
         metrics = trainer.evaluate()
     trainer.save_model()
-    processor.save_pretrained(training_args.output_dir)
     if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
         write_json_atomically(os.path.join(training_args.output_dir, "train_results.json"), train_result.metrics)
         if evaluation is not None:
             write_metrics_report(

@@ -8,6 +8,7 @@ The real two-process launches (torchrun) are in tests/csmcir/test_multiprocess_l
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -256,3 +257,20 @@ def test_cli_independent_jobs_then_merge_only(vlm_dir, image_dir, tmp_path, caps
     assert out.read_bytes() == single_run[0]
     with pytest.raises(ValueError, match="--process_index 2 is not in|process index 2 is not in"):
         caption_main(argv + ["--process_index", "2", "--num_processes", "2"])
+
+
+def test_launched_processes_without_an_accelerator_ask_for_a_cpu_group(monkeypatch):
+    """torchrun/accelerate set WORLD_SIZE; without a GPU, PartialState() would leave each process alone (rank 0 of 1),
+    so the training CLIs set ACCELERATE_USE_CPU, which TrainingArguments turns into PartialState(cpu=True) (gloo)."""
+    from hub_cards import launch
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launch.use_cpu_processes_if_no_accelerator() is False and "ACCELERATE_USE_CPU" not in os.environ
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(launch, "has_accelerator", lambda: True)
+    assert launch.use_cpu_processes_if_no_accelerator() is False  # a GPU machine: NCCL, nothing to change
+    monkeypatch.setattr(launch, "has_accelerator", lambda: False)
+    assert launch.use_cpu_processes_if_no_accelerator() is True and os.environ["ACCELERATE_USE_CPU"] == "true"
+    with pytest.raises(ValueError, match="launched by torchrun or accelerate"):
+        current_process(0, 2)  # explicit indexes contradict the launcher's
