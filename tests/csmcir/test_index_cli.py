@@ -172,3 +172,18 @@ def test_parts_of_different_models_are_refused(model_dir, gallery, tmp_path, mon
     # Inputs changed since the parts were started: refused, naming what changed.
     err = _one_line_error(_argv(model_dir, gallery, out, "--part_size", "5"), monkeypatch, capsys)
     assert "started with other inputs (part_size differ" in err
+
+
+def test_a_datasets_folder_indexes_like_the_image_folder(model_dir, gallery, one_go, tmp_path):
+    """A `datasets` save_to_disk folder (Image column + name column) gives the same index as the image folder."""
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+
+    images, captions = gallery
+    names = [f"item{i:02d}" for i in range(NUM_IMAGES)]
+    data = Dataset.from_dict({"image": [str(images / f"{n}.png") for n in names], "image_name": names},
+                             features=Features({"image": ImageFeature(), "image_name": Value("string")}))
+    data.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "idx"
+    index_cli.main(["--dataset", str(tmp_path / "hf"), "--captions", str(captions), "--model_name_or_path",
+                    str(model_dir), "--device", "cpu", "--output_dir", str(out), "--batch_size", "4", "--part_size", "4"])
+    _assert_same_index(out, one_go)
