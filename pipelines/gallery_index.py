@@ -870,10 +870,21 @@ class GalleryIndex:
         self.set_faiss_search_params(nprobe=config.get("nprobe"), ef_search=config.get("ef_search"))
         return self
 
-    def set_faiss_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Change the recall/speed trade-off of an approximate faiss index without rebuilding it."""
+    def set_faiss_search_params(
+        self, nprobe: int | None = None, ef_search: int | None = None, rerank: int | None = None
+    ) -> None:
+        """Change the recall/speed trade-off of an approximate faiss index without rebuilding it.
+
+        `rerank` (R ≥ 1; 0 turns it off): faiss returns `R · top_k` candidates, which are rescored exactly against
+        the stored embeddings (`q̂ · ĝ`) and cut to `top_k`. It recovers the ranking PQ codes blur, at the cost of
+        `R · top_k` dot products per query; it needs the stored embeddings (which every GalleryIndex keeps).
+        """
         if self._faiss_index is None:
             raise ValueError("GalleryIndex: no faiss index; call build_faiss(...) first")
+        if rerank is not None:
+            if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+                raise ValueError(f"GalleryIndex rerank: expected an int >= 0, got {rerank!r}")
+            self._faiss_config["rerank"] = int(rerank)
         if nprobe is not None and self._faiss_config["kind"] in ("ivf", "ivfpq"):
             self._faiss_index.nprobe = int(nprobe)
             self._faiss_config["nprobe"] = int(nprobe)
@@ -889,6 +900,19 @@ class GalleryIndex:
         if self._faiss_index is None:
             raise ValueError("GalleryIndex.search backend='faiss': no faiss index; call build_faiss(...) first")
         tokens = self.tokens_per_item
+        rerank = int(self._faiss_config.get("rerank") or 0)
+        if tokens is None and rerank:
+            width = min(top_k * rerank, self._faiss_index.ntotal)
+            _, candidates = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), width)
+            candidates = torch.from_numpy(candidates)
+            missing = candidates < 0  # faiss pads a short candidate list with -1
+            rows = self.embeddings[candidates.clamp(min=0).to(self.embeddings.device)].float()  # (Q, width, D)
+            exact = torch.bmm(rows, queries.to(rows.device).unsqueeze(2)).squeeze(2).cpu()
+            exact[missing] = float("-inf")
+            scores, order = exact.topk(min(top_k, width), dim=1)
+            positions = candidates.gather(1, order)
+            positions[scores == float("-inf")] = -1
+            return scores, positions
         if tokens is None:
             scores, positions = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), top_k)
             return torch.from_numpy(scores), torch.from_numpy(positions)

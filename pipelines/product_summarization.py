@@ -23,6 +23,8 @@ from transformers import Pipeline
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
+from .hub_code import save_pipeline_code
+
 logger = logging.get_logger(__name__)
 
 TASK = "product-summarization"
@@ -81,7 +83,9 @@ class ProductSummarizationPipeline(Pipeline):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save model, pipeline code and the full processor (with its attribute vocabulary)."""
         # The base class saves the tokenizer and image processor only; the processor carries the attribute
-        # vocabulary and its own remote-code file, which a reload needs.
+        # vocabulary and its own remote-code file, which a reload needs. A pipeline loaded from a Hub folder is an
+        # unregistered class whose code transformers would not copy (see hub_code.py).
+        save_pipeline_code(self, save_directory, TASK, ("AutoModelForSeq2SeqLM",), "multimodal")
         super().save_pretrained(save_directory, **kwargs)
         if self.processor is not None:
             self.processor.save_pretrained(save_directory)

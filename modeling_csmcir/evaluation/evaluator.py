@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from pipelines.composed_image_retrieval import image_file_name, load_retrieval_image
 from pipelines.gallery_index import GalleryIndex, encode_targets, model_identity
 
 from ..data.collators import CIRCollator, CIRGalleryCollator
@@ -38,6 +39,48 @@ from .cir_metrics import PROTOCOLS, compute_cir_metrics
 
 
 logger = logging.get_logger(__name__)
+
+
+#: Row fields holding images; an `Image(decode=False)` value (`{"path", "bytes"}`) or a path is decoded before collating.
+_IMAGE_FIELDS = ("image", "reference_image", "target_image")
+
+
+def _is_map_dataset(value: Any) -> bool:
+    """A map-style `datasets.Dataset` (length, random access, fingerprint): the cacheable, DataLoader path."""
+    return isinstance(value, Dataset)
+
+
+class _DecodingCollator:
+    """Decode undecoded image fields of each row (`datasets.Image(decode=False)` dicts, paths), then collate."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        decoded = []
+        for row in rows:
+            row = dict(row)
+            for key in _IMAGE_FIELDS:
+                value = row.get(key)
+                if isinstance(value, (dict, str, os.PathLike)):
+                    name = f"{key} of {row.get('query_id', row.get('image_id', 'a row'))!r}"
+                    row[key] = load_retrieval_image(value, name)
+            decoded.append(row)
+        return self.collator(decoded)
+
+
+def _row_batches(rows: Iterable[Mapping[str, Any]], batch_size: int) -> Iterator[list[Mapping[str, Any]]]:
+    """Consecutive lists of `batch_size` rows from any iterable (a streaming dataset, a generator)."""
+    batch: list[Mapping[str, Any]] = []
+    for row in rows:
+        if not isinstance(row, Mapping):
+            raise ValueError(f"evaluation rows must be dicts (dataset rows), got {type(row).__name__}")
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _processor_identity(processor: Any, max_text_length: int | None) -> str:
@@ -117,16 +160,24 @@ def build_gallery_index(
 ) -> GalleryIndex:
     """A ``GalleryIndex`` of the gallery split (ids = ``image_id``) from ``model.get_target_features`` (image +
     caption, or image only), cached. Token-level targets give a ``(N, K, D)`` index, searched by the maximum over
-    tokens; the processor's preprocessing (``targetpad``, BLIP captions) applies through the collator."""
+    tokens; the processor's preprocessing (``targetpad``, BLIP captions) applies through the collator.
+
+    ``gallery`` may be a ``datasets.Dataset`` (cached under its fingerprint), a streaming ``datasets.IterableDataset``
+    or any iterable of rows (read one batch at a time, not cached: they have no fingerprint). ``image`` may be an
+    ``Image(decode=False)`` value or a path; ``image_id`` defaults to the image's file name (then to its position).
+    """
     # The identity hashes every weight: computed once, for the cache key and the index's own record.
     model_record = model_identity(model)
+    if not _is_map_dataset(gallery):
+        return _stream_gallery_index(model, processor, gallery, use_captions, batch_size, model_record,
+                                     max_text_length, show_progress)
     key = GalleryIndexCache.make_key(model_record, gallery, use_captions, processor, max_text_length) if cache is not None else None
     if cache is not None:
         cached = cache.get(key)
         if cached is not None:
             logger.info(f"gallery index of {len(gallery)} images taken from the cache (key {key})")
             return cached
-    collator = CIRGalleryCollator(processor, use_captions, max_text_length)
+    collator = _DecodingCollator(CIRGalleryCollator(processor, use_captions, max_text_length))
     loader = DataLoader(gallery, batch_size=batch_size, shuffle=False, collate_fn=collator)
     embeddings = encode_targets(model, loader, total=len(gallery), show_progress=show_progress)
     identity = dict(model_record, target_inputs="image+caption" if use_captions else "image")
@@ -134,6 +185,24 @@ def build_gallery_index(
     if cache is not None:
         cache.put(key, index)
     return index
+
+
+def _stream_gallery_index(model, processor, gallery, use_captions, batch_size, model_record, max_text_length,
+                          show_progress) -> GalleryIndex:
+    collator = _DecodingCollator(CIRGalleryCollator(processor, use_captions, max_text_length))
+    ids: list[Any] = []
+
+    def batches():
+        for rows in _row_batches(gallery, batch_size):
+            for row in rows:
+                ids.append(row.get("image_id"))
+                if ids[-1] is None:
+                    ids[-1] = image_file_name(row.get("image")) or len(ids) - 1
+            yield collator(rows)
+
+    embeddings = encode_targets(model, batches(), total=None, show_progress=show_progress)
+    identity = dict(model_record, target_inputs="image+caption" if use_captions else "image")
+    return GalleryIndex(embeddings, ids=ids, model_identity=identity)
 
 
 @torch.no_grad()
@@ -145,12 +214,19 @@ def encode_queries(
     max_text_length: int | None = None,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Query features ``(Q, D)`` from ``model.get_query_features`` (reference image + modification text)."""
+    """Query features ``(Q, D)`` from ``model.get_query_features`` (reference image + modification text).
+
+    ``queries``: a ``datasets.Dataset``, a streaming ``IterableDataset`` or any iterable of query rows; the
+    ``reference_image`` may be an ``Image(decode=False)`` value or a path.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collator = CIRCollator(processor, include_targets=False, max_text_length=max_text_length)
-    loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    collator = _DecodingCollator(CIRCollator(processor, include_targets=False, max_text_length=max_text_length))
+    if _is_map_dataset(queries):
+        loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    else:
+        loader = (collator(rows) for rows in _row_batches(queries, batch_size))
     chunks = []
     try:
         for batch in tqdm(loader, desc="encoding queries", disable=not show_progress, unit="batch"):
@@ -225,14 +301,34 @@ def evaluate_cir(
 ) -> CIREvaluationResult:
     """Evaluate ``model`` on one loaded split (``{"queries", "gallery"}`` from the ``data`` readers).
 
-    ``use_target_captions`` defaults to whether the gallery has a ``caption`` column (symmetric tower).
+    ``use_target_captions`` defaults to whether the gallery has a ``caption`` column (symmetric tower). Either split
+    may also be a streaming ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)`` or
+    ``Dataset.to_iterable_dataset()``) or an iterable of rows, with images decoded or ``Image(decode=False)``.
     """
     queries, gallery = dataset["queries"], dataset["gallery"]
     if use_target_captions is None:
-        use_target_captions = "caption" in gallery.column_names
+        columns = getattr(gallery, "column_names", None)
+        if columns is None:
+            raise ValueError(
+                "evaluate_cir: the gallery does not list its columns (a plain iterable); pass use_target_captions="
+            )
+        use_target_captions = "caption" in columns
     index = build_gallery_index(model, processor, gallery, use_target_captions, batch_size, cache, max_text_length,
                                 show_progress)
-    query_features = encode_queries(model, processor, queries, batch_size, max_text_length, show_progress)
+    if not _is_map_dataset(queries):
+        # A stream is read once: keep each row's non-image fields (ids, ground truth) for the protocol.
+        kept: list[dict[str, Any]] = []
+
+        def remembered(rows):
+            for row in rows:
+                kept.append({key: value for key, value in row.items() if key not in _IMAGE_FIELDS})
+                yield row
+
+        query_features = encode_queries(model, processor, remembered(queries), batch_size, max_text_length,
+                                        show_progress)
+        queries = Dataset.from_list(kept)
+    else:
+        query_features = encode_queries(model, processor, queries, batch_size, max_text_length, show_progress)
     return score_queries(query_features, index, queries, benchmark, category)
 
 
