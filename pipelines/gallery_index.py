@@ -952,6 +952,121 @@ class GalleryIndex:
             output.append(row)
         return output
 
+    # ---------------------------------------------------------------------------------------------------------- export
+
+    def export(self, path: str | os.PathLike) -> list[str]:
+        """Write the stored embeddings (as float32) with their ids and metadata for other tools; returns the files.
+
+        * `*.npy`: the `(N, D)` (or `(N, K, D)`) matrix via `numpy.save`, and beside it `<stem>.jsonl`, one line
+          per row in row order: `{"id": ..., **metadata}`.
+        * `*.parquet`: one table, row i = `id` (string or int64), `embedding` (a list of D float32; K·D for a
+          token-level index) and one column per metadata key; the schema metadata records `embed_dim`,
+          `tokens_per_item` and the model identity (JSON). Needs `pyarrow` (installed with `datasets`).
+        Files are written atomically. `GalleryIndex.from_dataset(datasets.Dataset.from_parquet(path))` reads a
+        Parquet export back.
+        """
+        path = os.fspath(path)
+        matrix = self.embeddings.float().cpu().numpy()
+        rows = [{"id": item, **(self.metadata[position] if self.metadata else {})} for position, item in enumerate(self.ids)]
+        if path.endswith(".npy"):
+            sidecar = path[: -len(".npy")] + ".jsonl"
+
+            def write_npy(tmp: str) -> None:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, matrix)
+
+            def write_rows(tmp: str) -> None:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    for row in rows:
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+            _atomic_write(path, write_npy)
+            _atomic_write(sidecar, write_rows)
+            return [path, sidecar]
+        if path.endswith(".parquet"):
+            try:
+                import pyarrow as pa  # noqa: PLC0415 - optional, only for Parquet export
+                import pyarrow.parquet as pq  # noqa: PLC0415
+            except ImportError as error:
+                raise ImportError("GalleryIndex.export to Parquet needs pyarrow: `pip install pyarrow`") from error
+            flat = matrix.reshape(len(self), -1)
+            columns = {
+                "id": pa.array(self.ids),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), pa.float32()), flat.shape[1]),
+            }
+            keys = sorted({key for entry in (self.metadata or []) for key in entry})
+            for key in keys:
+                columns[key] = pa.array([entry.get(key) for entry in self.metadata])
+            schema_metadata = {
+                "embed_dim": str(self.embed_dim),
+                "tokens_per_item": str(self.tokens_per_item or ""),
+                "model_identity": json.dumps(self.model_identity or {}),
+            }
+            table = pa.table(columns).replace_schema_metadata(schema_metadata)
+            _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+            return [path]
+        raise ValueError(f"GalleryIndex.export: {path!r} must end in .npy or .parquet")
+
+    def to_dataset(self) -> Any:
+        """A `datasets.Dataset` with columns `id`, `embedding` (float32 lists) and one per metadata key.
+
+        For `datasets`' own vector search over the same vectors::
+
+            dataset = index.to_dataset()
+            dataset.add_faiss_index("embedding", metric_type=faiss.METRIC_INNER_PRODUCT)  # rows are normalised
+            scores, rows = dataset.get_nearest_examples("embedding", query_vector, k=10)
+
+        (`GalleryIndex.search` ranks the same rows with the same cosine scores, and checks model identity.)
+        """
+        import datasets  # noqa: PLC0415 - optional, only for this conversion
+
+        if self.tokens_per_item is not None:
+            raise ValueError("GalleryIndex.to_dataset: a token-level (N, K, D) index has no one-vector rows")
+        columns: dict[str, Any] = {"id": list(self.ids), "embedding": self.embeddings.float().cpu().numpy()}
+        for key in sorted({key for entry in (self.metadata or []) for key in entry}):
+            columns[key] = [entry.get(key) for entry in self.metadata]
+        return datasets.Dataset.from_dict(columns)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        embedding_column: str = "embedding",
+        id_column: str | None = "id",
+        metadata_columns: Sequence[str] | None = None,
+        model_identity: dict[str, Any] | None = None,
+        dtype: str | torch.dtype = "float32",
+        normalize: bool = True,
+    ) -> GalleryIndex:
+        """An index from a `datasets.Dataset` (or anything with `column_names` and column access) holding vectors:
+        a Parquet export read back (`Dataset.from_parquet`), or embeddings computed elsewhere.
+
+        `metadata_columns` default: every column but the embedding and id ones. Rows are L2-normalised unless
+        `normalize=False` (an export's rows are normalised already; re-normalising moves their last bits). The
+        model identity is not in a Dataset: pass it (a Parquet export keeps it in its schema metadata,
+        `pyarrow.parquet.read_schema(path).metadata[b"model_identity"]`).
+        """
+        columns = list(dataset.column_names)
+        if embedding_column not in columns:
+            raise ValueError(f"GalleryIndex.from_dataset: column {embedding_column!r} not in the dataset (columns: {columns})")
+        if id_column is not None and id_column not in columns:
+            raise ValueError(f"GalleryIndex.from_dataset: id column {id_column!r} not in the dataset (columns: {columns})")
+        embeddings = torch.as_tensor(np.asarray(dataset.with_format("numpy")[embedding_column], dtype=np.float32))
+        if metadata_columns is None:
+            metadata_columns = [name for name in columns if name not in (embedding_column, id_column)]
+        metadata = None
+        if metadata_columns:
+            values = {name: list(dataset[name]) for name in metadata_columns}
+            metadata = [{name: values[name][row] for name in metadata_columns} for row in range(len(embeddings))]
+        return cls(
+            embeddings,
+            ids=None if id_column is None else list(dataset[id_column]),
+            metadata=metadata,
+            model_identity=model_identity,
+            dtype=dtype,
+            normalize=normalize,
+        )
+
     # ---------------------------------------------------------------------------------------------------------- disk
 
     def save(self, path: str | os.PathLike) -> None:

@@ -178,3 +178,43 @@ def test_trained_faiss_refuses_a_tampered_folder(tmp_path):
         TrainedFaiss.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="D=16, the gallery D=8"):
         GalleryIndex(torch.randn(4, 8)).build_faiss(trained=trained)
+
+
+def test_export_to_npy_and_parquet_with_ids_and_metadata(tmp_path):
+    import json
+
+    import datasets
+    import faiss
+
+    rows = _clustered(40, 16, seed=7)
+    ids = [f"p{i}" for i in range(40)]
+    metadata = [{"caption": f"item {i}", "price": float(i)} for i in range(40)]
+    index = GalleryIndex(rows, ids=ids, metadata=metadata, model_identity=_identity())
+    written = index.export(tmp_path / "gallery.npy")
+    assert written == [str(tmp_path / "gallery.npy"), str(tmp_path / "gallery.jsonl")]
+    assert np.array_equal(np.load(tmp_path / "gallery.npy"), index.embeddings.numpy())
+    lines = [json.loads(line) for line in (tmp_path / "gallery.jsonl").read_text().splitlines()]
+    assert lines == [{"id": item, **meta} for item, meta in zip(ids, metadata)]
+
+    index.export(tmp_path / "gallery.parquet")
+    dataset = datasets.Dataset.from_parquet(str(tmp_path / "gallery.parquet"))
+    assert dataset.column_names == ["id", "embedding", "caption", "price"]
+    back = GalleryIndex.from_dataset(dataset, model_identity=_identity(), normalize=False)
+    _assert_same_index(back, index)
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(tmp_path / "gallery.parquet").metadata
+    assert json.loads(schema[b"model_identity"]) == _identity() and schema[b"embed_dim"] == b"16"
+
+    # datasets' own faiss index over the same rows ranks as GalleryIndex.search does.
+    as_dataset = index.to_dataset()
+    as_dataset.add_faiss_index("embedding", metric_type=faiss.METRIC_INNER_PRODUCT)
+    query = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    scores, found = as_dataset.get_nearest_examples("embedding", query.numpy().astype(np.float32), k=5)
+    result = index.search(query, top_k=5)
+    assert found["id"] == [ids[p] for p in result.positions[0].tolist()]
+    np.testing.assert_allclose(scores, result.scores[0].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="must end in .npy or .parquet"):
+        index.export(tmp_path / "gallery.csv")
+    with pytest.raises(ValueError, match="column 'vec' not in the dataset"):
+        GalleryIndex.from_dataset(dataset, embedding_column="vec")
