@@ -20,10 +20,12 @@ feeds, so the bank and its loss live in this one file; ``CSMCIRTrainer`` only ca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers.utils import logging
 
 from .modeling_csmcir import csmcir_contrastive_loss
@@ -70,6 +72,150 @@ def check_bank_settings(
         raise ValueError(f"MemoryBank weight (bank_weight) must be > 0, got {weight}")
     if max_age is not None and max_age < 0:
         raise ValueError(f"MemoryBank max_age must be >= 0 or None, got {max_age}")
+
+
+# Marks a non-candidate in the selection's working logits: finite, so that 0 * MASKED = 0 in the entropy's dot
+# products, and below any real logit (|logit| <= logit_scale + age / age_decay + |log weight|).
+MASKED = torch.finfo(torch.float32).min
+# Hard/entropy selection ranks groups of this many entries first (see `_top_indices`).
+TOPK_GROUP = 16
+
+
+@dataclass
+class _Selection:
+    """What `MemoryBank._selection` chose: ``work`` ``(B, C)`` float32 logits with ``MASKED`` at non-candidates,
+    ``bias`` ``(C,)`` the entries' age/weight terms, ``n`` ``(B,)`` candidates per query, and for hard/entropy
+    ``top`` ``(B, k_top)`` the candidates ranked by logit with ``chosen`` ``(B, k_top)`` marking the served ones
+    (fifo serves every candidate: ``top`` is None)."""
+
+    work: torch.Tensor
+    bias: torch.Tensor
+    n: torch.Tensor
+    top: torch.Tensor | None
+    chosen: torch.Tensor | None
+
+    def keep(self) -> torch.Tensor:
+        """``(B, C)`` bool: the entries served to each query."""
+        if self.top is None:
+            return self.work > MASKED
+        keep = torch.zeros(self.work.shape, dtype=torch.bool, device=self.work.device)
+        return keep.scatter_(1, self.top, self.chosen) & (self.work > MASKED)
+
+
+_SORTED_IDS_CACHE: dict[int, tuple[int, int, torch.Tensor, torch.Tensor]] = {}
+
+
+def _sorted_ids(target_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.sort(target_ids)``, cached until the tensor changes (its in-place version counter moves: enqueue,
+    evict, load_state_dict): the ids change once per step, the selection reads them once per step too, but a
+    64k-entry sort is a noticeable part of a cheap selection."""
+    key = id(target_ids)
+    cached = _SORTED_IDS_CACHE.get(key)
+    if cached is not None and cached[0] == target_ids._version and cached[1] == target_ids.data_ptr():
+        return cached[2], cached[3]
+    sorted_ids, order = torch.sort(target_ids)
+    if len(_SORTED_IDS_CACHE) > 64:
+        _SORTED_IDS_CACHE.clear()
+    _SORTED_IDS_CACHE[key] = (target_ids._version, target_ids.data_ptr(), sorted_ids, order)
+    return sorted_ids, order
+
+
+def _slots_holding(target_ids: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, slots)``: every pair where slot ``slots[m]`` holds id ``wanted[rows[m], c]`` for some c (ids < 0
+    never match). Binary search in the sorted ids: ``O(C log C + B·m·log C)``, not a ``(B x C)`` comparison."""
+    sorted_ids, order = _sorted_ids(target_ids)
+    low = torch.searchsorted(sorted_ids, wanted)
+    count = torch.searchsorted(sorted_ids, wanted, right=True) - low
+    count = count.masked_fill(wanted < 0, 0)
+    rows, slots = [], []
+    for offset in range(int(count.max()) if count.numel() else 0):
+        hit = count > offset
+        rows.append(hit.nonzero()[:, 0])
+        slots.append(order[(low + offset)[hit]])
+    if not rows:
+        empty = torch.empty(0, dtype=torch.long, device=target_ids.device)
+        return empty, empty
+    return torch.cat(rows), torch.cat(slots)
+
+
+def _entropy_k_from_masked(
+    work: torch.Tensor, n: torch.Tensor, k_min: int, k_max: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":meth:`MemoryBank.entropy_k` on logits with ``MASKED`` at non-candidates, in four passes:
+    ``H = (lse - \sum_j p_j \ell_j) / \log n`` (the same quantity as ``-\sum_j p_j \log p_j / \log n``, since
+    ``\log p_j = \ell_j - lse``; masked terms have ``p_j = 0`` exactly)."""
+    maxima = work.amax(dim=1, keepdim=True)
+    maxima = torch.where(n.unsqueeze(1) > 0, maxima, torch.zeros_like(maxima))
+    p = (work - maxima).exp_()
+    total = p.sum(dim=1, keepdim=True)
+    p.div_(total)
+    lse = (maxima + total.log()).squeeze(1)
+    mean_logit = torch.bmm(p.unsqueeze(1), work.unsqueeze(2)).view(-1)  # sum_j p_j l_j, no (B x C) temporary
+    entropy = lse - mean_logit
+    log_n = torch.log(n.clamp(min=1).to(entropy.dtype))
+    h = torch.where(n > 1, entropy / log_n.clamp(min=1e-12), torch.zeros_like(entropy)).clamp(0.0, 1.0)
+    k = k_min + torch.round((k_max - k_min) * h).long()
+    return torch.minimum(k, n), h
+
+
+def _top_indices(work: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, k)`` column indices of each row's ``k`` largest values, in descending order (ties in any order).
+
+    Two stages when the row splits into ``TOPK_GROUP`` strided groups (group ``g`` = columns ``g, g + G, g + 2G,
+    ...`` with ``G = C / TOPK_GROUP``, so the group maxima are an elementwise max of ``TOPK_GROUP`` contiguous
+    slices): the ``k`` largest values all lie in the ``k`` groups with the largest maxima (any other group's maximum
+    is below ``k`` values already), so ``torch.topk`` ranks ``k`` group maxima among ``G`` and then
+    ``k · TOPK_GROUP`` values, not ``C``: ~4x cheaper at 64k entries.
+    """
+    batch, columns = work.shape
+    groups = columns // TOPK_GROUP
+    if columns % TOPK_GROUP or groups < 4 * k:
+        return torch.topk(work, k, dim=1).indices
+    group_max = work.view(batch, TOPK_GROUP, groups).amax(dim=1)  # (B, G)
+    best_groups = torch.topk(group_max, k, dim=1).indices  # (B, k)
+    offsets = torch.arange(TOPK_GROUP, device=work.device) * groups
+    columns_of = (best_groups.unsqueeze(2) + offsets).view(batch, -1)
+    order = torch.topk(work.gather(1, columns_of), k, dim=1).indices
+    return columns_of.gather(1, order)
+
+
+class _ServedLogSumExp(torch.autograd.Function):
+    """``lse_i = log Σ_{j served} exp(logit_scale · q_i·e_j + bias_j)`` from the selection's no-grad logits, with a
+    hand-written backward: ``∂lse_i/∂q_i = logit_scale · Σ_j p_ij e_j`` and ``∂lse_i/∂logit_scale = q_i · Σ_j p_ij e_j``
+    with ``p_ij = exp(logit_ij - lse_i)`` (0 where not served). ``work`` is either every entry's logit ``(B, C)``
+    (fifo: the weighted sum is one ``(B x C) @ (C x D)`` product, reusing the forward's buffer) or the logits of
+    the ranked entries ``top`` ``(B, k)`` (hard / entropy: ``embedding_bag`` sums the ``k`` rows per query without
+    gathering a ``(B, k, D)`` copy). Autograd's graph through dense logits would keep and rewrite several
+    ``(B x C)`` tensors."""
+
+    @staticmethod
+    def forward(ctx, queries, logit_scale, work, embeddings, n, top=None):  # noqa: D102
+        maxima = work.amax(dim=1, keepdim=True)
+        maxima = torch.where(n.unsqueeze(1) > 0, maxima, torch.zeros_like(maxima))
+        total = (work - maxima).exp_().sum(dim=1, keepdim=True)
+        lse = (maxima + total.log()).squeeze(1)
+        lse = torch.where(n > 0, lse, torch.full_like(lse, float("-inf")))
+        ctx.save_for_backward(queries, logit_scale, embeddings)
+        ctx.work, ctx.lse, ctx.n, ctx.top = work, lse, n, top
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):  # noqa: D102
+        queries, logit_scale, embeddings = ctx.saved_tensors
+        work, lse, n = ctx.work, ctx.lse, ctx.n
+        if work is None:
+            raise RuntimeError("memory_bank_loss: the bank's backward cannot run twice (it reuses its buffer)")
+        ctx.work = None
+        # p = exp(work - lse), in place; rows without a candidate get p = 0.
+        p = work.sub_(torch.where(n > 0, lse, torch.full_like(lse, float("inf"))).unsqueeze(1)).exp_()
+        if ctx.top is None:
+            weighted = p @ embeddings  # (B, D): Σ_j p_ij e_j
+        else:
+            weighted = F.embedding_bag(ctx.top, embeddings, per_sample_weights=p, mode="sum")
+        grad = grad_lse.to(weighted.dtype).unsqueeze(1)
+        grad_queries = (grad * logit_scale.to(weighted.dtype) * weighted).to(queries.dtype)
+        grad_scale = (grad.squeeze(1) * (queries.to(weighted.dtype) * weighted).sum(dim=1)).sum().to(logit_scale.dtype)
+        return grad_queries, grad_scale.reshape(logit_scale.shape), None, None, None, None
 
 
 class MemoryBank(nn.Module):
@@ -337,6 +483,79 @@ class MemoryBank(nn.Module):
         k = self.k_min + torch.round((self.k_max - self.k_min) * h).long()
         return torch.minimum(k, n), h
 
+    def _selection(
+        self,
+        query_embeds: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        positive_ids: torch.Tensor | None,
+        step: int,
+        exclude_ids: torch.Tensor | None,
+    ) -> _Selection | None:
+        """The strategy's choice of entries per query, computed once without gradient (shared by
+        :meth:`negative_logits` and :func:`memory_bank_loss`); ``None`` when nothing is served. Sets
+        :attr:`last_selection`.
+
+        Cost: one ``(B x C x D)`` matrix product and a few passes over the ``(B x C)`` logits. Non-candidates are
+        marked by a bias of ``MASKED`` (empty or too old slots, folded into the product's bias) and by a sparse
+        write (false negatives and excluded ids, found by binary search in the sorted ids: a query masks at most
+        a few slots, so no ``(B x C)`` comparison is made); ``n`` is counted from those, not from a pass.
+        """
+        self.last_selection = BankSelection()
+        if not self.is_serving(step) or not bool(self.occupied.any()):
+            return None
+        if query_embeds.ndim != 2 or query_embeds.shape[1] != self.dim:
+            raise ValueError(
+                f"MemoryBank.negative_logits: query_embeds must have shape (B, {self.dim}), "
+                f"got {tuple(query_embeds.shape)}"
+            )
+        batch, capacity = query_embeds.shape[0], self.capacity
+        with torch.no_grad():
+            scale = float(logit_scale)
+            usable = self.occupied
+            if self.max_age is not None:
+                usable = usable & (self.ages(step) <= self.max_age)
+            # bias_j = -age_j / age_decay + log(weight) for usable slots, MASKED otherwise.
+            bias = torch.zeros(capacity, dtype=torch.float32, device=self.device)
+            if self.age_decay is not None:
+                bias -= self.ages(step).to(torch.float32) / self.age_decay
+            if self.weight != 1.0:
+                bias += math.log(self.weight)
+            bias.masked_fill_(~usable, MASKED)
+            queries = query_embeds.detach().to(device=self.device, dtype=torch.float32)
+            if self.tokens_per_entry is None:
+                work = torch.addmm(bias, queries, self.embeddings.T, alpha=scale)
+            else:
+                work = (queries @ self.embeddings.reshape(-1, self.dim).T).view(batch, capacity, -1).amax(dim=2)
+                work.mul_(scale).add_(bias)
+            # Ids never served to a query: its positive and its excluded ids (-1: none / padding).
+            if positive_ids is None:
+                positive_ids = torch.full((batch,), EMPTY_ID, dtype=torch.long, device=self.device)
+            removed = positive_ids.to(self.device).reshape(-1, 1)
+            if exclude_ids is not None:
+                removed = torch.cat([removed, exclude_ids.to(self.device).reshape(batch, -1)], dim=1)
+            rows, slots = _slots_holding(self.target_ids, removed)
+            keep_pair = usable[slots]
+            pairs = torch.unique(rows[keep_pair] * capacity + slots[keep_pair])
+            work.view(-1).index_fill_(0, pairs, MASKED)
+            n = int(usable.sum()) - torch.bincount(pairs // capacity, minlength=batch)
+            if not bool((n > 0).any()):
+                return None
+            if self.strategy == "fifo":
+                k, h, top, chosen = n, None, None, None
+            else:
+                if self.strategy == "entropy":
+                    k, h = _entropy_k_from_masked(work, n, self.k_min, self.k_max)
+                else:
+                    k, h = torch.clamp(n, max=self.k_max), None
+                top = _top_indices(work, min(self.k_max, capacity))
+                chosen = torch.arange(top.shape[1], device=self.device).unsqueeze(0) < k.unsqueeze(1)
+            self.last_selection = BankSelection(
+                mean_k=float(k.float().mean()),
+                mean_entropy=float(h.mean()) if h is not None else float("nan"),
+                num_candidates=float(n.float().mean()),
+            )
+        return _Selection(work=work, bias=bias, n=n, top=top, chosen=chosen)
+
     def negative_logits(
         self,
         query_embeds: torch.Tensor,
@@ -352,7 +571,8 @@ class MemoryBank(nn.Module):
         ``logit_scale``; the bank itself is constant. Selection (masks, entropies, top-k) is done without
         gradient. Returns ``None`` when the bank does not serve at ``step`` (strategy ``none``, warm-up, or no
         candidate for any query), so the loss is the plain in-batch InfoNCE. Statistics of the call are kept
-        in :attr:`last_selection`.
+        in :attr:`last_selection`. (Training uses :func:`memory_bank_loss`, which computes the same loss without
+        this dense ``(B, C)`` tensor and its graph.)
 
         Args:
             query_embeds: ``(B, D)`` L2-normalised query embeddings.
@@ -364,17 +584,16 @@ class MemoryBank(nn.Module):
                 query's reference image, which CIR protocols remove from the ranking: as a negative it would
                 push a query away from the image its target differs from in one detail.
         """
-        self.last_selection = BankSelection()
-        if not self.is_serving(step) or not bool(self.occupied.any()):
+        selection = self._selection(query_embeds, logit_scale, positive_ids, step, exclude_ids)
+        if selection is None:
             return None
-        if query_embeds.ndim != 2 or query_embeds.shape[1] != self.dim:
-            raise ValueError(
-                f"MemoryBank.negative_logits: query_embeds must have shape (B, {self.dim}), "
-                f"got {tuple(query_embeds.shape)}"
-            )
+        return self._dense_logits(query_embeds, logit_scale, step, selection)
+
+    def _dense_logits(
+        self, query_embeds: torch.Tensor, logit_scale: torch.Tensor | float, step: int, selection: _Selection
+    ) -> torch.Tensor:
+        """The ``(B, C)`` differentiable logits of :meth:`negative_logits` for a computed selection."""
         batch = query_embeds.shape[0]
-        if positive_ids is None:
-            positive_ids = torch.full((batch,), EMPTY_ID, dtype=torch.long, device=self.device)
         bank = self.embeddings.to(device=query_embeds.device, dtype=query_embeds.dtype)
         if self.tokens_per_entry is None:
             similarities = query_embeds @ bank.T
@@ -386,32 +605,7 @@ class MemoryBank(nn.Module):
             logits = logits + log_weight.unsqueeze(0)
         if self.weight != 1.0:
             logits = logits + torch.log(torch.tensor(self.weight, dtype=logits.dtype, device=logits.device))
-
-        with torch.no_grad():
-            mask = self.candidate_mask(positive_ids, step, exclude_ids).to(logits.device)
-            n = mask.sum(dim=1)
-            if not bool((n > 0).any()):
-                return None
-            if self.strategy == "fifo":
-                keep = mask
-                k = n
-                h = None
-            else:
-                if self.strategy == "entropy":
-                    k, h = self.entropy_k(logits.detach(), mask)
-                else:
-                    k, h = torch.minimum(torch.full_like(n, self.k_max), n), None
-                k_top = min(self.k_max, self.capacity)
-                ranked = logits.detach().masked_fill(~mask, float("-inf"))
-                top = torch.topk(ranked, k_top, dim=1).indices
-                chosen = torch.arange(k_top, device=logits.device).unsqueeze(0) < k.unsqueeze(1)
-                keep = torch.zeros_like(mask).scatter_(1, top, chosen) & mask
-            self.last_selection = BankSelection(
-                mean_k=float(k.float().mean()),
-                mean_entropy=float(h.mean()) if h is not None else float("nan"),
-                num_candidates=float(n.float().mean()),
-            )
-        return logits.masked_fill(~keep, float("-inf"))
+        return logits.masked_fill(~selection.keep().to(logits.device), float("-inf"))
 
     # ------------------------------------------------------------------ logging and persistence
     def stats(self, step: int) -> dict[str, float]:
@@ -526,16 +720,61 @@ def memory_bank_loss(
     (``csmcir_contrastive_loss``) and ``\ell_{im}`` the bank logits of the entries :meth:`MemoryBank.negative_logits`
     selects for query ``i`` (age- and bank-weighted). When the bank serves nothing (strategy ``none``, warm-up, no
     candidate) this is the plain in-batch InfoNCE, so the loss is computed exactly once either way.
+
+    Computed without the dense ``(B, C)`` bank logits' graph (same value, to float rounding, as
+    ``csmcir_contrastive_loss(logits_per_query, bank.negative_logits(...), target_ids)``):
+    ``L = mean_i [logaddexp(lse_i(in-batch), lse_i(bank)) - s_ii]``, where ``lse_i(bank)`` is a log-sum-exp over
+    the served entries only: for ``hard`` / ``entropy`` over the ``k_max`` gathered entries (so the gradient is a
+    ``(B x k_max x D)`` product), for ``fifo`` over every candidate with the one-product backward of
+    ``_ServedLogSumExp``.
     """
-    extra = bank.negative_logits(query_embeds, logit_scale, target_ids, step, exclude_ids)
-    loss = csmcir_contrastive_loss(logits_per_query, extra, target_ids)
-    if extra is None:
-        return BankLoss(loss, 0.0, False)
+    selection = bank._selection(query_embeds, logit_scale, target_ids, step, exclude_ids)
+    if selection is None:
+        return BankLoss(csmcir_contrastive_loss(logits_per_query, None, target_ids), 0.0, False)
     with torch.no_grad():
-        # The in-batch part of the same logits, for the log only (no graph): share = 1 - L_in_batch / L.
+        # The in-batch part of the same logits, for the log only (no graph): share = 1 - L_in_batch / L. It also
+        # checks the shapes of logits_per_query and target_ids.
         in_batch = csmcir_contrastive_loss(logits_per_query.detach(), None, target_ids)
-        share = float(1.0 - in_batch / loss.detach().clamp(min=1e-12))
+    if bank.tokens_per_entry is not None and selection.top is None:
+        # Token-level fifo: the max over tokens has no cheap dense backward; autograd through the dense logits.
+        extra = bank._dense_logits(query_embeds, logit_scale, step, selection)
+        loss = csmcir_contrastive_loss(logits_per_query, extra, target_ids)
+    else:
+        bank_lse = _bank_log_sum_exp(bank, selection, query_embeds, logit_scale)
+        batch = logits_per_query.shape[0]
+        duplicate = target_ids.reshape(-1, 1) == target_ids.reshape(1, -1)
+        duplicate.fill_diagonal_(False)
+        batch_lse = torch.logsumexp(logits_per_query.masked_fill(duplicate, float("-inf")), dim=1)
+        total = torch.logaddexp(batch_lse, bank_lse.to(batch_lse.dtype))
+        loss = (total - logits_per_query.diagonal()).sum() / batch
+    share = float(1.0 - in_batch / loss.detach().clamp(min=1e-12))
     return BankLoss(loss, share, True)
+
+
+def _bank_log_sum_exp(
+    bank: MemoryBank, selection: _Selection, query_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """``(B,)`` log-sum-exp of each query's served bank logits (``-inf`` where none is served), with gradient
+    into ``query_embeds`` and ``logit_scale``."""
+    scale = logit_scale if torch.is_tensor(logit_scale) else torch.tensor(float(logit_scale))
+    scale = scale.to(device=query_embeds.device, dtype=torch.float32)
+    queries = query_embeds.float()
+    embeddings = bank.embeddings.to(query_embeds.device)
+    if selection.top is None:  # fifo, vector entries
+        return _ServedLogSumExp.apply(queries, scale, selection.work, embeddings, selection.n)
+    top, chosen = selection.top.to(query_embeds.device), selection.chosen.to(query_embeds.device)
+    if bank.tokens_per_entry is None:
+        # The ranked entries' logits are already in the selection's buffer: gather them, mask the unchosen.
+        work = selection.work.gather(1, top).masked_fill_(~chosen, MASKED)
+        return _ServedLogSumExp.apply(queries, scale, work, embeddings, chosen.sum(dim=1), top)
+    # Token-level: autograd through the gathered (B, k, K, D) entries (the max over tokens picks one per entry).
+    entries = embeddings.index_select(0, top.reshape(-1)).view(*top.shape, *bank.entry_shape)
+    similarities = torch.einsum("bd,bktd->bkt", queries, entries).amax(dim=2)
+    logits = (scale * similarities + selection.bias.to(query_embeds.device)[top]).masked_fill(~chosen, float("-inf"))
+    served = chosen.any(dim=1).nonzero().squeeze(1)
+    lse = torch.full((logits.shape[0],), float("-inf"), dtype=logits.dtype, device=logits.device)
+    # Rows serving nothing stay -inf (a log-sum-exp over -inf alone would give a NaN gradient).
+    return lse.index_put((served,), torch.logsumexp(logits.index_select(0, served), dim=1))
 
 
 __all__ = ["BANK_STRATEGIES", "BankLoss", "BankSelection", "EMPTY_ID", "MemoryBank", "check_bank_settings",
