@@ -13,6 +13,8 @@ name                      what it is
                           trains from scratch (a frozen *random* ViT gives the Q-Former nothing to learn from).
 ``small``                 width 64, 2 layers each, 8 query tokens, 64-d embeddings, trainable vision tower: the
                           model of the ablation benchmark and ``csmcir-visualize``.
+``tiny-64px``             the demo's model: 64-px images in 16-px patches (as many patches as ``tiny``), width 64,
+                          2+2 layers, 8 query tokens, 64-d, trainable vision tower (``--image_size 64``).
 ``minilm``                ``tiny``'s vision tower with an all-MiniLM-L6-v2-shaped Q-Former (384 wide, 6 layers),
                           ready to be seeded from the MiniLM weights (``conversion.bert_seeding``).
 ``blip2-vitg``            the shapes of BLIP-2 ViT-g/14 (39 layers, 1408 wide, 224 px) and its Q-Former (12 layers,
@@ -92,6 +94,16 @@ PRESETS: dict[str, CSMCIRPreset] = {
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=8),
         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
              cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1),
+        dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
+    ),
+    "tiny-64px": CSMCIRPreset(
+        "the demo's model: 64-px images in 16-px patches, width 64, 2+2 layers, 8 query tokens, 64-d, trainable vision",
+        # 16 patches as `tiny`, but of a 64-px image: the synthetic scenes' small objects survive (at 32 px they
+        # are ~2 px across). The Q-Former at BERT's init std: measured in benchmarks/synthetic_cir_difficulty.py.
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
+             initializer_range=0.02),
+        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+             cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.02),
         dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
     ),
     "blip2-vitg": CSMCIRPreset(

@@ -31,6 +31,8 @@ from torch.utils.data import Dataset
 from transformers import Trainer
 from transformers.utils import logging
 
+from hub_cards.trainer_cards import HubCardTrainerMixin
+
 from .modeling_csmcir import CSMCIRModel, CSMCIRQFormerTower
 from .training_args import CSMCIRPretrainingArguments
 
@@ -179,8 +181,11 @@ def zero_shot_retrieval(model: CSMCIRModel, data: SceneCaptionTensors, batch_siz
 # ---------------------------------------------------------------------------------------------- training
 
 
-class ITCPretrainer(Trainer):
-    """`Trainer` whose loss is BLIP-2's ITC (:func:`itc_loss`) instead of the model's CIR loss."""
+class ITCPretrainer(HubCardTrainerMixin, Trainer):
+    """`Trainer` whose loss is BLIP-2's ITC (:func:`itc_loss`) instead of the model's CIR loss; saved folders get
+    this package's model card and ``training_args.json`` (no pickled ``training_args.bin``)."""
+
+    evaluation_protocol = "zero-shot image-caption retrieval (ITC), held-out synthetic scenes"
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)
