@@ -13,7 +13,8 @@ finished part as a folder renamed into place under ``<output_dir>.parts/``; a re
 killed run loses at most the part in flight. Process 0 then merges the parts with ``GalleryIndex.merge`` (shards
 identity-checked, rows in gallery order: the same index one process builds) into ``--output_dir`` and removes the
 parts. Independent jobs (``--process_index i --num_processes N``, e.g. on machines without a shared process group)
-leave their parts, and one ``--merge_only`` run merges them.
+leave their parts, and one ``--merge_only`` run merges them. Rerunning a job whose index is complete (same images,
+same model, same captions or none) encodes nothing.
 
 With ``--captions`` every target is encoded with its caption (the symmetric tower); without, image-only targets.
 Ids are the image names (as in the caption file).
@@ -275,6 +276,22 @@ def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None
     return merged
 
 
+def _finished_index_matches(output_dir: Path, records: list[ImageRecord], identity: dict[str, Any]) -> bool:
+    """Whether ``output_dir`` already holds this gallery's index by this model (and no parts wait): nothing to do."""
+    from pipelines.gallery_index import INDEX_FILE
+
+    record_file = output_dir / INDEX_FILE
+    if parts_dir(output_dir).exists() or not record_file.is_file():
+        return False
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    built = record.get("model_identity") or {}
+    return (record.get("ids") == [r.name for r in records]
+            and all(built.get(key) == identity.get(key) for key in _IDENTITY_KEYS))
+
+
 def load_retriever(model_args: ModelArguments, shard: ProcessShard) -> Any:
     """The ``composed-image-retrieval`` pipeline over the model (loaded and checked as ``csmcir-eval`` does)."""
     from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK
@@ -315,6 +332,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     what = f"index {str(output_dir)!r}" + ("" if shard.single else f" (process {shard.rank})")
     with exclusive_output_lock(lock_path(output_dir, shard), what=what):
         retriever = load_retriever(model_args, shard)
+        identity = dict(retriever.model_identity(), target_inputs="image" if captions is None else "image+caption")
+        if _finished_index_matches(output_dir, records, identity):
+            summary = {"output_dir": str(output_dir), "process_index": shard.rank, "num_processes": shard.world_size,
+                       "items": len(records), "parts_built": 0, "merged": False, "already_complete": True}
+            print(json.dumps(summary))
+            return summary
         built = build_parts(retriever, records, captions, output_dir, shard, part_size=run_args.part_size,
                             batch_size=run_args.batch_size, dtype=run_args.dtype)
         summary: dict[str, Any] = {"output_dir": str(output_dir), "process_index": shard.rank,

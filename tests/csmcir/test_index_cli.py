@@ -83,6 +83,10 @@ def test_cli_index_equals_the_pipelines_one_go_build(model_dir, gallery, one_go,
                        "parts_built": 3, "merged": True, "items_in_index": NUM_IMAGES}
     _assert_same_index(out, one_go)
     assert one_go.model_identity["target_inputs"] == "image+caption"
+    # The same command again: the index is complete, nothing is encoded.
+    again = index_cli.main(_argv(model_dir, gallery, out))
+    assert again["already_complete"] and again["parts_built"] == 0
+    _assert_same_index(out, one_go)
     assert not index_cli.parts_dir(out).exists() and sorted(p.name for p in out.iterdir()) == [
         "gallery_embeddings.safetensors", "gallery_index.json"]
 
