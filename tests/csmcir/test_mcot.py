@@ -416,14 +416,15 @@ def test_killed_cli_run_resumes_from_journal(vlm_dir, image_dir, tmp_path):
     child = textwrap.dedent(
         f"""
         import os, signal, sys
+        import modeling_csmcir.captioning.runner as runner
         import modeling_csmcir.cli.caption as cli
-        real = cli.generate_mcot_captions
+        real = runner.generate_mcot_captions  # the CLI imports it from the runner when a run starts
         def killing(*args, **kwargs):
             def hook(batch_index, entries):
                 if batch_index == 1:
                     os.kill(os.getpid(), signal.SIGKILL)
             return real(*args, on_batch_end=hook, **kwargs)
-        cli.generate_mcot_captions = killing
+        runner.generate_mcot_captions = killing
         cli.main({argv + ["--output_file", str(out_killed)]!r})
         """
     )
