@@ -8,7 +8,8 @@ data-parallel processes so every rank holds the same bank; saves the bank's ``st
 entries with the current model (``bank_refresh_every``), which the shared towers make meaningful; and logs the
 bank's size, mean entry age, mean selected k, loss share and mean normalised entropy (``bank_size``,
 ``bank_mean_age``, ``bank_mean_k``, ``bank_loss_share``, ``bank_entropy``). Its settings are the ``bank_*``
-fields of ``CSMCIRTrainingArguments``.
+fields of ``CSMCIRTrainingArguments``. With a frozen vision tower, ``vision_feature_cache`` reuses each training
+image's vision features after the first epoch (``vision_feature_cache.py``).
 
 Retrieval metrics come from an evaluator passed in (``evaluator=CIRRetrievalEvaluator(...)``, the way
 sentence-transformers passes one): each evaluation adds its numbers to the eval metrics, and its protocol
@@ -33,6 +34,7 @@ from hub_cards.trainer_cards import HubCardTrainerMixin
 
 from .memory_bank import MemoryBank, memory_bank_loss
 from .training_args import CSMCIRTrainingArguments
+from .vision_feature_cache import VisionFeatureCache
 
 logger = logging.get_logger(__name__)
 
@@ -113,6 +115,16 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
                 "get_target_features) or use a train_dataset with a target_inputs(ids) method"
             )
         self.target_lookup = target_lookup
+        #: Frozen-vision feature cache (``vision_feature_cache``), or None.
+        self.vision_feature_cache: VisionFeatureCache | None = None
+        cache_mode = getattr(self.args, "vision_feature_cache", "none") or "none"
+        if cache_mode != "none":
+            if not getattr(self.model.config, "freeze_vision", False):
+                raise ValueError(
+                    f"vision_feature_cache={cache_mode!r} needs a frozen vision tower (config.freeze_vision=True): the "
+                    "features of a trained tower change every step"
+                )
+            self.vision_feature_cache = VisionFeatureCache(cache_mode)
         self._last_refresh_step = -1
         self._pending_enqueue: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._bank_log_sums = {"bank_mean_k": 0.0, "bank_loss_share": 0.0, "bank_entropy": 0.0}
@@ -131,6 +143,9 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         # enqueued after the step; the model's own loss sees neither. Only training steps touch the bank.
         # `reference_ids` (optional, the reference image's target id) is for the bank's masking, not the model.
         reference_ids = inputs.pop("reference_ids", None) if "reference_ids" in inputs else None
+        if self.vision_feature_cache is not None and model.training:
+            # Training batches only: an eval split numbers its images in its own id space.
+            inputs = self._cached_vision_inputs(model, inputs, reference_ids)
         step = self.state.global_step
         bank = self.memory_bank
         if not model.training or bank.strategy == "none":
@@ -163,6 +178,25 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         embeds, ids = self._gather_rows(outputs.target_embeds.detach(), target_ids)
         self._pending_enqueue = (embeds, ids, step)
         return (result.loss, outputs) if return_outputs else result.loss
+
+    def _cached_vision_inputs(
+        self, model: nn.Module, inputs: dict[str, Any], reference_ids: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """Replace `pixel_values` / `target_pixel_values` by cached vision features (`image_embeds` /
+        `target_image_embeds`), keyed by `reference_ids` / `target_ids` (unknown ids: computed, not stored)."""
+        cache, unwrapped = self.vision_feature_cache, self.accelerator.unwrap_model(model)
+        inputs = dict(inputs)
+        for pixels_key, embeds_key, ids in (
+            ("pixel_values", "image_embeds", reference_ids),
+            ("target_pixel_values", "target_image_embeds", inputs.get("target_ids")),
+        ):
+            pixels = inputs.get(pixels_key)
+            if pixels is None or inputs.get(embeds_key) is not None:
+                continue
+            if ids is None:
+                ids = torch.full((pixels.shape[0],), -1, dtype=torch.long)
+            inputs[embeds_key] = cache.image_embeds(unwrapped, inputs.pop(pixels_key), ids)
+        return inputs
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -293,6 +327,14 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------- checkpoints
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        # Overridden only to write the feature cache's last shard when training ends (disk modes).
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.vision_feature_cache is not None:
+                self.vision_feature_cache.flush()
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         # Overridden so the bank, part of the training state like the optimizer, is in every checkpoint. It is

@@ -23,13 +23,15 @@ class CSMCIRTrainingArguments(TrainingArguments):
         metadata={"help": "Memory bank strategy: none, fifo (every entry), hard (top k_max), entropy (per-query k).",
                   "choices": list(BANK_STRATEGIES)},
     )
-    # The bank defaults are the fine-tuning settings of benchmarks/results/finetune_csmcir.md (a pretrained start,
-    # batch 8-16, small learning rate): at most 2x a batch of 16 in bank negatives, entries from the last few
-    # hundred steps, served after a warm-up. The earlier defaults (4096 entries, k 16..256, from step 0) let the
-    # bank's detached negatives take over the softmax and collapsed training (csmcir_bank_diagnosis.md).
+    # The bank defaults are settings measured not to collapse training (tests/csmcir/test_finetune_defaults.py,
+    # benchmarks/results/finetune_csmcir.md): a bank of recent entries, at most 16 negatives per query, each counted
+    # as 0.1 of an in-batch one, served after a warm-up. The earlier defaults (4096 entries, k 16..256, weight 1,
+    # from step 0) collapsed the README's headline run, and k <= 32 at weight 1 still collapses a batch-16
+    # fine-tune whose in-batch loss has not left its plateau: the bank's detached negatives take over the softmax
+    # (csmcir_bank_diagnosis.md).
     bank_size: int = field(default=1024, metadata={"help": "Number of target embeddings the bank holds."})
     bank_k_min: int = field(default=4, metadata={"help": "Fewest bank negatives per query (entropy strategy)."})
-    bank_k_max: int = field(default=32, metadata={"help": "Most bank negatives per query (entropy and hard)."})
+    bank_k_max: int = field(default=16, metadata={"help": "Most bank negatives per query (entropy and hard)."})
     bank_age_decay: float = field(
         default=100.0, metadata={"help": "Age down-weighting: log w = -age / bank_age_decay (steps); <= 0 disables."}
     )
@@ -38,7 +40,7 @@ class CSMCIRTrainingArguments(TrainingArguments):
         default=50, metadata={"help": "First optimiser step at which the bank serves negatives (XBM-style warm-up)."}
     )
     bank_weight: float = field(
-        default=1.0,
+        default=0.1,
         metadata={"help": "Weight w of every served bank negative in the InfoNCE denominator (log w added to its logit); "
                           "w < 1 keeps a large bank from outweighing the in-batch terms in fast from-scratch training."},
     )
@@ -51,6 +53,14 @@ class CSMCIRTrainingArguments(TrainingArguments):
         metadata={"help": "Keep the InfoNCE temperature fixed. Adam moves the raw temperature by about the learning "
                           "rate every step, so at from-scratch rates (1e-3) it collapses to its clamp within tens of "
                           "steps, fastest with bank negatives; freeze it there (BLIP-2 fine-tuning rates are fine)."},
+    )
+    vision_feature_cache: str = field(
+        default="none",
+        metadata={"help": "With a frozen vision tower (config.freeze_vision), reuse each image's vision features after "
+                          "the first epoch, keyed by image id (target_ids / reference_ids) under a hash of the tower's "
+                          "weights: 'none', 'memory', 'auto' (memory, spilling to $HF_HOME/csmcir/vision_features past "
+                          "2 GiB) or a folder (disk, memory-mapped shards reused by later runs). See "
+                          "modeling_csmcir/vision_feature_cache.py."},
     )
     # The CIR collators build model inputs from raw image/text columns that `forward` does not take; the
     # Trainer's default (True) would drop them before the collator sees them.
