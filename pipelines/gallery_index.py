@@ -1185,6 +1185,8 @@ class GalleryIndex:
                     f"GalleryIndex.load: {index_path!r} field {key!r} is {type(record[key]).__name__} "
                     f"{record[key]!r}; expected {kind.__name__}"
                 )
+        if record["num_items"] == 0:
+            raise ValueError(f"GalleryIndex.load: {index_path!r} records an empty gallery (0 items); nothing to search")
         if record.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"GalleryIndex.load: {index_path!r} has format_version {record.get('format_version')!r}, "
