@@ -196,7 +196,7 @@ def test_runner_uses_any_caption_engine(image_dir, tmp_path):
     assert entries["g03"]["Final_Caption"] == f"mean {expected:.3f}" and "fallback_reason" not in entries["g03"]
 
 
-def test_vllm_engine_is_optional_and_drives_vllm_generate(vlm_dir, monkeypatch, tmp_path):
+def test_vllm_engine_is_optional_and_drives_vllm_generate(vlm_dir, image_dir, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)  # not installed
     with pytest.raises(ValueError, match="--engine vllm needs vLLM"):
         VLLMEngine(str(vlm_dir))
@@ -227,6 +227,14 @@ def test_vllm_engine_is_optional_and_drives_vllm_generate(vlm_dir, monkeypatch, 
     assert first["multi_modal_data"]["image"] is img
     assert first["prompt"].startswith("user : <image> ") and first["prompt"].endswith("assistant : ")  # tiny template
     assert load_caption_entries(out)["x2"]["Final_Caption"] == "c2"
+    # The CLI's --engine vllm builds the same engine.
+    cli_out = tmp_path / "cli.json"
+    report = caption_main(["--engine", "vllm", "--image_dir", str(image_dir), "--model_name_or_path", str(vlm_dir),
+                           "--output_file", str(cli_out), "--max_new_tokens", "5", "--batch_size", "8"])
+    assert report.captioned == 9 and calls["params"]["max_tokens"] == 5 and len(calls["prompts"]) == 2  # 8 + 2, 1 bad
+    with pytest.raises(ValueError, match="--engine must be transformers or vllm"):
+        caption_main(["--engine", "sglang", "--image_dir", str(image_dir), "--model_name_or_path", str(vlm_dir),
+                      "--output_file", str(cli_out)])
 
 
 # ----------------------------------------------------------------------------------------------------- the CLI
