@@ -36,6 +36,8 @@ SCORE_BLOCK_ELEMENTS = 1 << 21
 # 2δ for half-precision shortlists (see `shortlist_and_rescore`), and the shortlist's starting width.
 HALF_SCORE_MARGIN = {torch.float16: 1e-2, torch.bfloat16: 4e-2}
 SHORTLIST_MIN_WIDTH = 64
+# From this many queries on, half-precision blocks are up-cast to float32 and scored by sgemm (compute-bound).
+UPCAST_MIN_QUERIES = 16
 
 
 def block_rows(num_queries: int, tokens_per_item: int | None) -> int:
@@ -120,16 +122,23 @@ def exact_search(gallery: torch.Tensor, queries: torch.Tensor, top_k: int) -> tu
     num_queries, num_items = queries.shape[0], gallery.shape[0]
     tokens = gallery.shape[1] if gallery.ndim == 3 else None
     rows = min(block_rows(num_queries, tokens), num_items)
-    half = gallery.dtype != torch.float32
+    # Half-precision storage: small batches are memory-bound, so they read the half values as they are (half the
+    # bytes) through the shortlist; large batches are compute-bound and CPU half GEMMs are slow, so each block is
+    # up-cast once into a float32 buffer (exact: every half value is a float32 value) and scored by sgemm.
+    upcast = gallery.dtype != torch.float32 and num_queries >= UPCAST_MIN_QUERIES
+    half = gallery.dtype != torch.float32 and not upcast
     margin = HALF_SCORE_MARGIN[gallery.dtype] if half else 0.0
     # One score buffer for every float32 vector block (the last, shorter block uses a prefix of it).
     buffer = torch.empty(num_queries * rows, dtype=torch.float32, device=gallery.device) if not half and tokens is None else None
+    block_buffer = torch.empty((rows, *gallery.shape[1:]), dtype=torch.float32, device=gallery.device) if upcast else None
     best_scores = torch.full((num_queries, top_k), float("-inf"), dtype=torch.float32, device=gallery.device)
     best_positions = torch.zeros((num_queries, top_k), dtype=torch.long, device=gallery.device)
     filled = 0  # rows scanned so far; the running top-k is complete once filled >= top_k
     for start in range(0, num_items, rows):
         block = gallery[start : start + rows]
         size = block.shape[0]
+        if upcast:
+            block = block_buffer[:size].copy_(block)
         if half:
             scores = _approximate_scores(queries, block)
         elif tokens is not None:

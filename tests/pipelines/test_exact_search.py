@@ -76,11 +76,12 @@ def test_top_k_larger_than_a_block(monkeypatch, dtype):
     _assert_exact(gallery, queries, 3100, scores, positions)
 
 
+@pytest.mark.parametrize("num_queries", [9, search_module.UPCAST_MIN_QUERIES])  # half shortlist / float32 up-cast
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("budget", [1, 1 << 22])
-def test_half_storage_is_exact_with_respect_to_the_stored_values(monkeypatch, dtype, budget):
+def test_half_storage_is_exact_with_respect_to_the_stored_values(monkeypatch, dtype, budget, num_queries):
     monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", budget)
-    gallery, queries = _unit((4500, 32), seed=6).to(dtype), _unit((9, 32), seed=7)
+    gallery, queries = _unit((4500, 32), seed=6).to(dtype), _unit((num_queries, 32), seed=7)
     # near-duplicates closer than the half rounding: only the float32 rescoring orders them
     gallery[4400] = (queries[0] + 1e-3 * gallery[4400].float()).to(dtype)
     gallery[100] = queries[0].to(dtype)
@@ -88,11 +89,12 @@ def test_half_storage_is_exact_with_respect_to_the_stored_values(monkeypatch, dt
     _assert_exact(gallery, queries, 10, scores, positions)
 
 
+@pytest.mark.parametrize("num_queries", [7, 20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("budget", [1, 7 * 6 * 40, 1 << 22])
-def test_token_level_rows_score_the_maximum_over_tokens(monkeypatch, dtype, budget):
+def test_token_level_rows_score_the_maximum_over_tokens(monkeypatch, dtype, budget, num_queries):
     monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", budget)  # 1024 // 6 = 170 items, 40 items, one block
-    gallery, queries = _unit((700, 6, 16), seed=8).to(dtype), _unit((7, 16), seed=9)
+    gallery, queries = _unit((700, 6, 16), seed=8).to(dtype), _unit((num_queries, 16), seed=9)
     scores, positions = exact_search(gallery, queries, 12)
     _assert_exact(gallery, queries, 12, scores, positions)
 
