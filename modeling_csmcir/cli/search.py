@@ -205,7 +205,7 @@ def write_grid(path: str | os.PathLike, results: list[dict[str, Any]], gallery: 
             hit_path = gallery(str(hit["id"]), f"hit {hit['id']!r}", required=False)
             canvas.paste(_thumbnail(hit_path, size, label=str(hit["id"])[:18]), (left, top + header))
             draw.text((left, top + header + size + 3), f"{hit['rank']}. {str(hit['id'])[:20]}", fill=(0, 0, 0))
-            draw.text((left, top + header + size + 15), f"score {hit['score']:.3f}", fill=(60, 60, 60))
+            draw.text((left, top + header + size + 15), f"score {hit['score']:.4f}", fill=(60, 60, 60))
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return os.fspath(path)
