@@ -1018,7 +1018,10 @@ class GalleryIndex:
 
         (`GalleryIndex.search` ranks the same rows with the same cosine scores, and checks model identity.)
         """
-        import datasets  # noqa: PLC0415 - optional, only for this conversion
+        try:
+            import datasets  # noqa: PLC0415 - optional: inside `try`, so a Hub folder's import check exempts it
+        except ImportError as error:
+            raise ImportError("GalleryIndex.to_dataset needs datasets: `pip install datasets`") from error
 
         if self.tokens_per_item is not None:
             raise ValueError("GalleryIndex.to_dataset: a token-level (N, K, D) index has no one-vector rows")

@@ -275,13 +275,15 @@ def test_hub_files_do_not_require_faiss_or_the_package():
     # imports inside `try` are exempt, which is how faiss stays optional for a saved pipeline.
     from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
-    from pipelines import composed_image_retrieval
+    from pipelines import composed_image_retrieval, hub_code, product_summarization
 
     allowed = {"__future__", "collections", "dataclasses", "hashlib", "json", "math", "os", "tempfile", "typing",
                "numpy", "torch", "safetensors", "transformers", "PIL"}
-    for module in (gallery_module, search_module, composed_image_retrieval):
+    for module in (gallery_module, search_module, composed_image_retrieval, hub_code, product_summarization):
         assert set(get_imports(module.__file__)) <= allowed, get_imports(module.__file__)
-    assert get_relative_imports(composed_image_retrieval.__file__) == ["gallery_index"]
+    assert sorted(get_relative_imports(composed_image_retrieval.__file__)) == ["gallery_index", "hub_code"]
+    assert get_relative_imports(product_summarization.__file__) == ["hub_code"]
+    assert get_relative_imports(hub_code.__file__) == []
     assert get_relative_imports(gallery_module.__file__) == ["exact_search"]
     assert get_relative_imports(search_module.__file__) == []
 
