@@ -2,15 +2,18 @@
 
 1. Generate the synthetic CIR benchmark (CIRR layout + MCoT-format target captions) and the synthetic product set
    (CEPSUM layout, Chinese).
-2. Train a tiny CSMCIR (captioned targets, shared Q-Former, entropy memory bank) with `csmcir-train`, and a tiny
-   MMAPS with `mmaps-train`.
+2. Pretrain a tiny CSMCIR with `csmcir-pretrain` (BLIP-2 stage-1 image–text contrastive learning on synthetic
+   scene/caption pairs, none of them a val/test scene), then fine-tune it for composed retrieval (captioned targets,
+   shared Q-Former, entropy memory bank) with `csmcir-train --model_name_or_path`; train a tiny MMAPS with
+   `mmaps-train`.
 3. Evaluate both with the official protocols (`csmcir-eval`: CIRR R@K / Rs@K; `mmaps-eval`: CEPSUM ROUGE, BLEU,
    attribute F1).
 4. Save Hub-ready folders under `outputs/` (weights, config, processor, remote code, custom pipeline, model card).
 5. Reload each folder through `pipeline(..., trust_remote_code=True)` in a fresh process that cannot import this
    package, and print a few retrievals and summaries.
 
-Usage: `make demo` (about 3–4 minutes on 2 CPU cores; measured 3 min 12 s) or `python -m examples.demo [--quick] [--output_dir outputs]`.
+Usage: `make demo` or `python -m examples.demo [--quick] [--seed N] [--only csmcir|mmaps] [--output_dir outputs]`
+(measured times and numbers: README, "What `make demo` does").
 Every step calls the same entry points a user runs, so the demo doubles as an end-to-end check.
 """
 
@@ -34,6 +37,9 @@ class DemoBudget:
     """Sizes of one demo run; `--quick` shrinks everything to a smoke run."""
 
     cir_images: int
+    cir_pairs_per_set: int
+    pretrain_pairs: int
+    pretrain_steps: int
     cir_steps: int
     cir_batch_size: int
     products: int
@@ -41,8 +47,10 @@ class DemoBudget:
     shown: int
 
 
-FULL = DemoBudget(cir_images=3000, cir_steps=1500, cir_batch_size=32, products=600, mmaps_epochs=20, shown=5)
-QUICK = DemoBudget(cir_images=360, cir_steps=30, cir_batch_size=16, products=120, mmaps_epochs=4, shown=3)
+FULL = DemoBudget(cir_images=6000, cir_pairs_per_set=3, pretrain_pairs=5000, pretrain_steps=300, cir_steps=500,
+                  cir_batch_size=64, products=600, mmaps_epochs=20, shown=5)
+QUICK = DemoBudget(cir_images=360, cir_pairs_per_set=2, pretrain_pairs=256, pretrain_steps=8, cir_steps=30,
+                   cir_batch_size=16, products=120, mmaps_epochs=4, shown=3)
 
 
 def _banner(text: str) -> None:
@@ -65,38 +73,53 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
 
     from hub_cards import read_metrics_report, write_csmcir_card
     from modeling_csmcir.cli.eval import main as csmcir_eval
+    from modeling_csmcir.cli.pretrain import main as csmcir_pretrain
     from modeling_csmcir.cli.synth import main as csmcir_synth
     from modeling_csmcir.cli.train import main as csmcir_train
 
     data_dir, model_dir = root / "data" / "synthetic_cir", root / "csmcir-tiny-synthetic"
+    pretrained_dir = root / "csmcir-tiny-pretrained"
     captions = data_dir / "target_captions" / "captions.rc2.{split}.json"
 
-    _banner("CSMCIR 1/4 — synthetic composed-retrieval benchmark (CIRR layout, MCoT-format target captions)")
-    csmcir_synth(["--output_dir", str(data_dir), "--num_images", str(budget.cir_images), "--seed", str(seed)])
+    _banner("CSMCIR 1/5 — synthetic composed-retrieval benchmark (CIRR layout, MCoT-format target captions)")
+    csmcir_synth(["--output_dir", str(data_dir), "--num_images", str(budget.cir_images), "--seed", str(seed),
+                  "--pairs_per_set", str(budget.cir_pairs_per_set)])
 
-    _banner("CSMCIR 2/4 — training a tiny CSMCIR: captioned targets, shared Q-Former, entropy memory bank")
+    _banner("CSMCIR 2/5 — pretraining: image–text contrastive (BLIP-2 stage 1) on synthetic scene/caption pairs")
+    # The stand-in for a pretrained BLIP-2: the tiny vision tower and Q-Former learn to align scenes with their
+    # captions (none of the benchmark's val/test scenes among them), plus caption completion for the query path.
+    csmcir_pretrain([
+        "--config_name", "tiny-64px", "--image_size", "64", "--num_pairs", str(budget.pretrain_pairs),
+        "--exclude_scenes_from", str(data_dir),
+        "--max_steps", str(budget.pretrain_steps), "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
+        "--warmup_steps", "0.05", "--weight_decay", "0.05", "--lr_scheduler_type", "cosine", "--completion_weight", "1",
+        *_common_training_flags(pretrained_dir, seed),
+    ])
+
+    _banner("CSMCIR 3/5 — fine-tuning CSMCIR from it: captioned targets, shared Q-Former, entropy memory bank")
+    # A CPU budget of minutes: the tiny model still has to learn the composition, so the fine-tune runs at a
+    # from-scratch-like rate (1e-3, batch 64; the small-batch, small-rate regime is measured in
+    # benchmarks/results/finetune_csmcir.md). At that rate: temperature frozen (Adam would drive it to its clamp)
+    # and a short-lived, down-weighted bank (csmcir_bank_diagnosis.md: at full weight it collapses fast training).
     report = csmcir_train([
-        "--dataset", "cirr", "--data_dir", str(data_dir), "--captions", str(captions), "--config_name", "tiny-scratch",
-        "--max_steps", str(budget.cir_steps), "--per_device_train_batch_size", str(budget.cir_batch_size),
-        "--learning_rate", "1e-3", "--warmup_steps", "0.05", "--weight_decay", "0.05", "--lr_scheduler_type", "cosine",
-        # From-scratch learning rates move a raw temperature to its clamp within tens of steps: keep it at 0.07.
+        "--dataset", "cirr", "--data_dir", str(data_dir), "--captions", str(captions),
+        "--model_name_or_path", str(pretrained_dir), "--max_steps", str(budget.cir_steps),
+        "--per_device_train_batch_size", str(budget.cir_batch_size), "--learning_rate", "1e-3",
+        "--warmup_steps", "0.1", "--weight_decay", "0.05", "--lr_scheduler_type", "cosine",
         "--freeze_temperature", "true",
-        # XBM-style warm-up, then a short-lived, down-weighted bank: each bank negative counts as 0.1 of one,
-        # entries older than 8 steps are evicted. At full weight the bank's detached negatives take over the
-        # softmax and the shared tower collapses (benchmarks/results/csmcir_bank_diagnosis.md).
         "--bank_strategy", "entropy", "--bank_size", "512", "--bank_k_min", "4", "--bank_k_max", "16",
         "--bank_weight", "0.1", "--bank_start_step", str(budget.cir_steps // 6), "--bank_max_age", "8",
         "--bank_age_decay", "4",
         *_common_training_flags(model_dir, seed),
     ])
 
-    _banner("CSMCIR 3/4 — evaluation with the CIRR protocol (reference removed; Recall@K and Recall_subset@K)")
+    _banner("CSMCIR 4/5 — evaluation with the CIRR protocol (reference removed; Recall@K and Recall_subset@K)")
     csmcir_eval([
         "--dataset", "cirr", "--data_dir", str(data_dir), "--model_name_or_path", str(model_dir),
         "--split", "val", "--target_captions", str(captions).format(split="val"), "--output_dir", str(model_dir),
     ])
 
-    _banner("CSMCIR 4/4 — Hub-ready folder: custom pipeline + model card")
+    _banner("CSMCIR 5/5 — Hub-ready folder: custom pipeline + model card")
     retriever = pipeline("composed-image-retrieval", model=str(model_dir), trust_remote_code=True)
     retriever.save_pretrained(str(model_dir))
     # The card reads metrics.json (csmcir-eval) and training_args.json (saved by the trainer) from the folder.
@@ -219,12 +242,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     from hub_cards.atomic_files import write_json_atomically
     from hub_cards.clean_process import run_in_clean_process
+    from hub_cards.console import quiet_progress_bars_unless_terminal
+
+    quiet_progress_bars_unless_terminal()   # a log file gets no tqdm updates (as every console script)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     budget = QUICK if args.quick else FULL
     root = Path(args.output_dir).resolve()
     if root.exists():
         shutil.rmtree(root / "data", ignore_errors=True)
+        if args.only in (None, "csmcir"):
+            # The demo's own CSMCIR folders: csmcir-pretrain / csmcir-train refuse a folder holding an earlier run.
+            for name in ("csmcir-tiny-pretrained", "csmcir-tiny-synthetic"):
+                shutil.rmtree(root / name, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {}
