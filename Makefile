@@ -55,3 +55,29 @@ demo-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# ----------------------------------------------------------------------------------------------- benchmarks (issue 20)
+# Every table records its command, machine, threads and load average before/after, and flags a run whose load
+# exceeded the core count. `bench-perf` regenerates only issue 20's tables (exact search, token galleries, memory
+# bank, feature cache: ~15 minutes on 2 quiet cores, peak RSS ~4 GiB); `bench` runs every benchmark (hours).
+BENCH_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=.
+.PHONY: bench bench-perf
+
+bench-perf: $(STAMP)
+	$(BENCH_ENV) $(PY) benchmarks/bench_gallery_search.py --sections exact --output benchmarks/results/exact_search.md
+	$(BENCH_ENV) $(PY) benchmarks/bench_token_gallery.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_memory_bank.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_feature_cache.py
+
+bench: bench-perf
+	$(BENCH_ENV) $(PY) benchmarks/bench_gallery_search.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_ivfpq.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_query_encoding.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_mmaps_model.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_mmaps_pipeline.py
+	$(BENCH_ENV) $(PY) benchmarks/mcot_captioning.py
+	$(BENCH_ENV) $(PY) benchmarks/synthetic_cir_difficulty.py
+	$(BENCH_ENV) $(PY) -m benchmarks.mmaps_synthetic --num_products 300 --max_steps 800
+	$(BENCH_ENV) $(PY) benchmarks/ablation_csmcir.py
+	$(BENCH_ENV) $(PY) benchmarks/ablation_mmaps.py
+	$(BENCH_ENV) $(PY) benchmarks/finetune_csmcir.py

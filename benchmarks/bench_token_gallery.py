@@ -6,15 +6,13 @@ torch search, float32 and float16 storage, single queries and a batch; plus fais
 item rescoring when faiss is installed. Rounds interleave the contenders so machine load hits them alike; the table
 records machine, threads and load average before and after.
 
-    .venv/bin/python benchmarks/bench_token_gallery.py                       # 100k × 32 × 256
+    .venv/bin/python benchmarks/bench_token_gallery.py                       # 30k × 32 × 256
     .venv/bin/python benchmarks/bench_token_gallery.py --num_items 20000 --output /tmp/tokens.md
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,15 +23,20 @@ from transformers import HfArgumentParser
 from hub_cards.atomic_files import write_text_atomically
 from pipelines.gallery_index import GalleryIndex
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gallery_search import machine_limits  # noqa: E402
+from run_record import RunRecord  # noqa: E402
+
 
 @dataclass
 class TokenGalleryBenchmarkArguments:
-    num_items: int = field(default=100_000, metadata={"help": "gallery items N"})
+    num_items: int = field(default=30_000, metadata={"help": "gallery items N (30k x 32 x 256 float32 = 0.94 GiB)"})
     tokens: int = field(default=32, metadata={"help": "token features per item K (SPRC keeps 32)"})
     embed_dim: int = field(default=256, metadata={"help": "feature size D"})
     top_k: int = field(default=10, metadata={"help": "hits per query"})
-    rounds: int = field(default=15, metadata={"help": "interleaved single-query rounds"})
-    batch_queries: int = field(default=64, metadata={"help": "queries per batched search"})
+    rounds: int = field(default=10, metadata={"help": "interleaved rounds at batch 1 (median reported)"})
+    batch_rounds: int = field(default=2, metadata={"help": "interleaved rounds at larger batches"})
+    batch_sizes: str = field(default="1,4,16,64,256", metadata={"help": "query batch sizes"})
     threads: int = field(default=2, metadata={"help": "torch (and faiss) threads"})
     seed: int = field(default=0)
     output: str = field(default="benchmarks/results/token_gallery.md")
@@ -53,7 +56,7 @@ def _median(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> str:
     (args,) = HfArgumentParser(TokenGalleryBenchmarkArguments).parse_args_into_dataclasses(args=argv)
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    record = RunRecord.start("bench_token_gallery.py", argv, args.threads)
     generator = torch.Generator().manual_seed(args.seed)
     tokens = torch.nn.functional.normalize(
         torch.randn(args.num_items, args.tokens, args.embed_dim, generator=generator), dim=-1
@@ -64,56 +67,58 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.tokens} tokens, float16": GalleryIndex(tokens, dtype="float16", normalize=False),
     }
     try:
-        import faiss  # noqa: F401
+        import faiss
 
         faiss.omp_set_num_threads(args.threads)
         contenders[f"{args.tokens} tokens, faiss flat + exact rescoring"] = GalleryIndex(tokens, normalize=False).build_faiss("flat")
     except ImportError:
         pass
+    read_bandwidth, sgemm = machine_limits(contenders[f"{args.tokens} tokens, float32"].embeddings, args.threads)
     del tokens
-    single = torch.randn(args.rounds, args.embed_dim, generator=generator)
-    batch = torch.randn(args.batch_queries, args.embed_dim, generator=generator)
-    latency = {name: [] for name in contenders}
-    for round_index in range(args.rounds):
+    rows = []
+    for batch_size in [int(v) for v in args.batch_sizes.split(",")]:
+        queries = torch.randn(batch_size, args.embed_dim, generator=generator)
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.rounds if batch_size == 1 else args.batch_rounds):
+            for name, index in contenders.items():
+                times[name].append(_timed(lambda: index.search(queries, top_k=args.top_k)))
+        base = _median(times["single vector, float32"])
         for name, index in contenders.items():
-            latency[name].append(_timed(lambda: index.search(single[round_index], top_k=args.top_k)))
-    batched = {name: _timed(lambda: index.search(batch, top_k=args.top_k)) for name, index in contenders.items()}
-    load_after = os.getloadavg()
+            stored = index.embeddings.element_size() * index.embeddings.numel()
+            per_item = 1 if index.tokens_per_item is None else index.tokens_per_item
+            flops = 2.0 * batch_size * args.num_items * per_item * args.embed_dim
+            bound = max(stored / read_bandwidth, flops / sgemm)
+            which = "read" if stored / read_bandwidth >= flops / sgemm else "sgemm"
+            median = _median(times[name])
+            rows.append((batch_size, name, stored, median, median / base, bound, which))
+    record.finish()
 
-    base = _median(latency["single vector, float32"])
     lines = [
         "# Token-level gallery search: max over tokens vs one vector per item",
         "",
-        "Command:",
-        "",
-        f"  .venv/bin/python benchmarks/bench_token_gallery.py {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip(),
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; "
-        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
-        + (" (above the core count: noisy)" if max(load_before[0], load_after[0]) > (os.cpu_count() or 1) else "")
-        + ".",
+        *record.header_lines(),
         f"Gallery: {args.num_items:,} items × {args.tokens} tokens × {args.embed_dim}-d random unit features; "
-        f"top-{args.top_k}; {args.rounds} interleaved single-query rounds (median), one batch of {args.batch_queries}.",
+        f"top-{args.top_k}; batch 1: median of {args.rounds} interleaved rounds, larger batches: median of "
+        f"{args.batch_rounds}. Machine limits at {args.threads} threads: read bandwidth {read_bandwidth / 1e9:.1f} GB/s, "
+        f"sgemm {sgemm / 1e9:.0f} GFLOP/s (measured as in `bench_gallery_search.py`); bound = max(bytes stored / "
+        "read bandwidth, 2·Q·N·K·D / sgemm).",
         "",
-        "| gallery | stored MB | single query, median ms | × single vector | batch of "
-        f"{args.batch_queries}, ms | ms / query |",
-        "|---|---|---|---|---|---|",
+        "| batch | gallery | stored MB | ms / batch | ms / query | × single vector | bound (ms) | × bound | limit |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, index in contenders.items():
-        stored = index.embeddings.element_size() * index.embeddings.numel() / 2**20
-        median = _median(latency[name])
+    for batch_size, name, stored, median, vs_single, bound, which in rows:
         lines.append(
-            f"| {name} | {stored:,.0f} | {median * 1e3:.1f} | {median / base:.1f}× | {batched[name] * 1e3:.0f} | "
-            f"{batched[name] * 1e3 / args.batch_queries:.1f} |"
+            f"| {batch_size} | {name} | {stored / 2**20:,.0f} | {median * 1e3:.1f} | {median * 1e3 / batch_size:.2f} | "
+            f"{vs_single:.1f}× | {bound * 1e3:.1f} | {median / bound:.2f}x | {which} |"
         )
     lines += [
         "",
         "Token-level search reads K times the bytes of a single-vector gallery and does K times the multiply-adds; "
         "the \"× single vector\" column is what that costs here (below K× when the single-vector path is not "
         "bandwidth-bound at batch 1). Memory stays bounded: items are scored in blocks, never a Q × N × K matrix. "
-        "float16 storage halves the bytes: its half-precision scores shortlist items, which are rescored exactly in "
-        "float32 against the stored values. faiss searches the N × K token vectors (top_k · K of them) and rescores "
-        "the items exactly.",
+        "float16 storage halves the bytes: small batches shortlist items by their half-precision scores and rescore "
+        "them exactly in float32; from 16 queries on, blocks are up-cast to float32 (exact) and scored by sgemm. "
+        "faiss searches the N × K token vectors (top_k · K of them) and rescores the items exactly.",
         "",
     ]
     text = "\n".join(lines)

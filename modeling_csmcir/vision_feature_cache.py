@@ -75,6 +75,7 @@ class VisionFeatureCache:
         self.mode = mode
         self.memory_limit_bytes = int(memory_limit_bytes)
         self.identity: str | None = None
+        self._tower_state: tuple = ()
         self.hits = 0
         self.misses = 0
         self._warned_stale = False
@@ -97,6 +98,12 @@ class VisionFeatureCache:
         return Path(self.mode)
 
     def _bind(self, model: torch.nn.Module) -> None:
+        # Hashing every weight costs seconds for ViT-g: redo it only when a vision tensor was replaced or written in
+        # place (its storage or its in-place version counter moved).
+        state = tuple((t.data_ptr(), t._version) for t in model.vision_model.state_dict().values())
+        if self.identity is not None and state == self._tower_state:
+            return
+        self._tower_state = state
         identity = vision_identity(model)
         if identity == self.identity:
             return
