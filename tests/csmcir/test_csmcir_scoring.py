@@ -262,7 +262,7 @@ def test_trainer_builds_a_token_bank_for_token_targets_and_ignores_return_dict_f
     args = CSMCIRTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
                                    learning_rate=1e-3, report_to="none", use_cpu=True, save_strategy="no",
                                    bank_strategy="fifo", bank_size=8, bank_k_min=1, bank_k_max=4, disable_tqdm=True,
-                                   logging_steps=1, bank_refresh_every=2, bank_refresh_size=2)
+                                   logging_steps=1, bank_refresh_every=2, bank_refresh_size=2, bank_start_step=0)
     trainer = CSMCIRTrainer(model=model.train(), args=args, train_dataset=_ToyTokens())
     tokens = model.config.target_representation == "tokens"
     assert trainer.memory_bank.tokens_per_entry == (4 if tokens else None)

@@ -82,6 +82,8 @@ def build_args(output_dir: str | Path, max_steps: int, **overrides) -> CSMCIRTra
         bank_size=12,
         bank_k_min=2,
         bank_k_max=8,
+        bank_start_step=0,  # these tests check the bank from the first step (the default warms up for 50)
+        bank_weight=1.0,
         bank_age_decay=5.0,
         bank_max_age=20,
         bank_refresh_every=2,
