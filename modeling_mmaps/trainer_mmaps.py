@@ -10,12 +10,15 @@ What it adds to ``Seq2SeqTrainer`` (each override says why):
 * when no ``compute_metrics`` is given, evaluation scores generations with the CEPSUM protocol against
   **every** reference of each product (the evaluation set's ``tgt`` column), plus BLEU and attribute
   P/R/F1 over the processor's attribute vocabulary;
+* under several processes, evaluation returns exactly one prediction per product, in dataset order (see
+  :meth:`MMAPSTrainer.evaluation_loop`), so the metrics equal a one-process evaluation's;
 * :class:`MMAPSTrainingArguments` selects checkpoints on dev ROUGE-2 (the paper's choice) and decodes
   with beam 3, at most 90 tokens, by default.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,6 +143,28 @@ class MMAPSTrainer(HubCardTrainerMixin, Seq2SeqTrainer):
         self.compute_metrics = build_compute_metrics(
             tokenizer, references, language=self.args.summary_language, attribute_vocabulary=self.attribute_vocabulary
         )
+
+    def _sequences_per_input(self) -> int:
+        """How many generated sequences each evaluated row yields (``num_return_sequences``; 1 unless asked)."""
+        gen_kwargs = getattr(self, "_gen_kwargs", None) or {}
+        if gen_kwargs.get("num_return_sequences") is not None:
+            return int(gen_kwargs["num_return_sequences"])
+        config = gen_kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+        return int(getattr(config, "num_return_sequences", None) or 1)
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        # Overridden because Seq2SeqTrainer.evaluate/predict switch the gather to `accelerator.gather` (so that
+        # `num_return_sequences > 1` rows are not cut; transformers PR #27025), which also keeps the rows accelerate's
+        # `even_batches` repeats to give every process a full last batch: 2 processes x 8 returned 16 predictions for
+        # a 12-product dev set. With one sequence per row, `gather_for_metrics` drops exactly those repeats (the last
+        # gathered batch is cut to len(dataset) % (processes x batch)), leaving the dataset's rows in order, as one
+        # process sees them. The parent restores `gather_for_metrics` itself when the loop ends.
+        if self._sequences_per_input() == 1:
+            self.gather_function = functools.partial(
+                self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
+            )
+        return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval", **gen_kwargs: Any):
         # Overridden so the default metrics score against all references of the dataset being evaluated.
