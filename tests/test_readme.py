@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,9 +120,14 @@ def readme_run(tmp_path_factory):
         return {"demo": (124, log[-4000:]), "workdir": workdir, "results": results}
     if demo.returncode != 0:
         return {"demo": (demo.returncode, (demo.stdout + demo.stderr)[-4000:]), "workdir": workdir, "results": results}
+    progress = workdir / "readme-blocks.log"   # one line per block as it finishes, for watching a slow run
     for block in BLOCKS:
         if block.skip_reason is None:
+            started = time.perf_counter()
             results[block.id] = _run_block(block, workdir, env)
+            with open(progress, "a", encoding="utf-8") as handle:
+                handle.write(f"README.md:{block.line} {block.lang} [{block.section}] exit {results[block.id][0]} "
+                             f"in {time.perf_counter() - started:.0f} s\n")
     return {"demo": (0, ""), "workdir": workdir, "results": results}
 
 
