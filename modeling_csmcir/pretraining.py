@@ -16,6 +16,11 @@ QFormer_text-only(T)[CLS])`` (a text-only Q-Former pass, no query tokens: :func:
 with the model's learnable temperature τ (``CSMCIRModel.temperature``, clamped at ``config.min_temperature``).
 Captions that occur twice in a batch (two scenes can share a noisy caption) are not used as each other's negatives.
 
+Optional, ours (``completion_weight`` > 0; not part of BLIP-2): the caption-completion term
+``½ [CE(c tᵀ / τ) + CE(t cᵀ / τ)]`` with ``c = get_query_features(image, caption with words masked)`` — the joint
+pass a CIR query takes — against the full captions' text features ``t``, so the query path learns to read the
+image before fine-tuning (ITC alone never trains the joint pass's text [CLS]).
+
 Training goes through ``transformers.Trainer`` (:class:`ITCPretrainer`): schedules, seeding, logging, checkpoints and
 ``resume_from_checkpoint`` are the Trainer's. CLI: ``csmcir-pretrain`` (``cli/pretrain.py``).
 """
