@@ -343,13 +343,16 @@ def main(argv: list[str] | None = None) -> None:
     record.finish()
     lines = ["# Gallery search benchmark", "", *record.header_lines(),
              f"faiss {faiss.__version__} with {args.threads} OpenMP threads. CPU only.", "", *body]
+    build_note = (" — worst for models made of many small ops (the Q-Former), which is why the 1-thread build rows "
+                  "are the fairer picture of the Q-Former's share of the work") if "build" in sections else ""
     lines += [
         "## Reading these numbers",
         "",
         "Above the core count, other jobs' threads compete with ours: absolute times stretch, and every "
-        "multi-threaded op pays for threads waiting at its barrier — worst for models made of many small ops (the "
-        "Q-Former), which is why the 1-thread build rows are the fairer picture of the Q-Former's share of the work. "
-        "Contenders run in interleaved rounds, so their ratios are comparable even when absolute times are not.",
+        f"multi-threaded op pays for threads waiting at its barrier{build_note}. torch and faiss each bring their "
+        "own OpenMP pool; run back to back on 2 cores, one pool's spin-waiting threads can slow the other, so "
+        "compare with `OMP_WAIT_POLICY=PASSIVE` when a ratio looks implausible. Contenders run in interleaved "
+        "rounds, so their ratios are comparable even when absolute times are not.",
         "",
     ]
     text = "\n".join(lines) + "\n"
