@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> str:
         "the \"× single vector\" column is what that costs here (below K× when the single-vector path is not "
         "bandwidth-bound at batch 1). Memory stays bounded: items are scored in blocks, never a Q × N × K matrix. "
         "float16 storage halves the bytes: small batches shortlist items by their half-precision scores and rescore "
-        "them exactly in float32; from 16 queries on, blocks are up-cast to float32 (exact) and scored by sgemm. "
+        "them exactly in float32; from 64 queries on, blocks are up-cast to float32 (exact) and scored by sgemm. "
         "faiss searches the N × K token vectors (top_k · K of them) and rescores the items exactly.",
         "",
     ]

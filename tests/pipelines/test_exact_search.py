@@ -89,7 +89,7 @@ def test_half_storage_is_exact_with_respect_to_the_stored_values(monkeypatch, dt
     _assert_exact(gallery, queries, 10, scores, positions)
 
 
-@pytest.mark.parametrize("num_queries", [7, 20])
+@pytest.mark.parametrize("num_queries", [7, search_module.UPCAST_MIN_QUERIES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("budget", [1, 7 * 6 * 40, 1 << 22])
 def test_token_level_rows_score_the_maximum_over_tokens(monkeypatch, dtype, budget, num_queries):
