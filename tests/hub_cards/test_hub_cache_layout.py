@@ -202,4 +202,5 @@ def test_cached_repos_load_by_id_offline_through_auto_classes_pipeline_and_card_
     # The cards' usage snippets run by repo id and print what they print against the local folders.
     assert_same_output(ast.literal_eval(result["cir_snippet"]), want_cir_print)
     assert_same_output(ast.literal_eval(result["sum_snippet"]), want_sum_print)
-    assert len(want_cir_print) == 2 and {hit["id"] for hit in want_cir_print} <= {"0", "1", "2", 0, 1, 2}
+    # The card's gallery is given as image paths, so hit ids are the file names (build_index's default).
+    assert len(want_cir_print) == 2 and {hit["id"] for hit in want_cir_print} <= {f"gallery_{i}.png" for i in range(3)}
