@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ProcessShard",
+    "ShardingArguments",
     "append_journal",
     "current_process",
     "journal_path",
@@ -104,6 +105,26 @@ class ProcessShard:
             from accelerate import PartialState
 
             PartialState().wait_for_everyone()
+
+
+@dataclass
+class ShardingArguments:
+    """The command-line arguments every sharded CLI shares (``csmcir-caption``, ``csmcir-index``).
+
+    Under ``torchrun`` / ``accelerate launch`` leave them unset: the launcher says which process this is. Jobs
+    without a shared process group (separate machines, a batch scheduler) pass ``--process_index i
+    --num_processes N`` each, then one ``--merge_only`` run merges what they left.
+    """
+
+    process_index: int | None = field(default=None, metadata={"help": "Independent jobs: this job's index in "
+                                                                      "[0, num_processes) (torchrun/accelerate set it)."})
+    num_processes: int | None = field(default=None, metadata={"help": "Independent jobs: how many share the work."})
+    merge_only: bool = field(default=False, metadata={"help": "Only merge what finished (independent) jobs left "
+                                                              "into the output."})
+
+    def process(self) -> ProcessShard:
+        """This process's place (:func:`current_process` of these arguments)."""
+        return current_process(self.process_index, self.num_processes)
 
 
 def current_process(process_index: int | None = None, num_processes: int | None = None) -> ProcessShard:

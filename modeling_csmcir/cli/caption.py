@@ -35,6 +35,8 @@ from transformers import HfArgumentParser
 
 from hub_cards.console import console_entry_point
 
+from ..sharding import ShardingArguments
+
 if TYPE_CHECKING:
     from ..captioning.image_sources import ImageRecord
     from ..captioning.runner import CaptioningReport
@@ -101,11 +103,6 @@ class CaptioningArguments:
     max_new_tokens: int = field(default=512, metadata={"help": "Generation budget per image."})
     save_every: int = field(default=50, metadata={"help": "Rewrite the caption file every N batches."})
     num_workers: int = field(default=2, metadata={"help": "Threads decoding images ahead of generation."})
-    process_index: int | None = field(default=None, metadata={"help": "Independent jobs: this job's index in "
-                                                                      "[0, num_processes) (torchrun/accelerate set it)."})
-    num_processes: int | None = field(default=None, metadata={"help": "Independent jobs: how many share the images."})
-    merge_only: bool = field(default=False, metadata={"help": "Only merge the journals of finished jobs into "
-                                                              "--output_file (after independent jobs)."})
 
 
 def collect_images(data_args: DataArguments) -> list[ImageRecord]:
@@ -135,13 +132,13 @@ def collect_images(data_args: DataArguments) -> list[ImageRecord]:
 
 def main(argv: list[str] | None = None) -> CaptioningReport:
     """Parse ``argv`` (default: the command line), caption, and return the run's report (also printed as JSON)."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, CaptioningArguments))
-    model_args, data_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, CaptioningArguments, ShardingArguments))
+    model_args, data_args, run_args, shard_args = parser.parse_args_into_dataclasses(args=argv)
     from ..captioning.prompts import load_mcot_prompt
     from ..captioning.runner import CaptioningReport, generate_mcot_captions, merge_caption_journals
-    from ..sharding import ProcessShard, current_process, lock_path
+    from ..sharding import ProcessShard, lock_path
 
-    if run_args.merge_only:
+    if shard_args.merge_only:
         from hub_cards.output_lock import exclusive_output_lock
 
         with exclusive_output_lock(lock_path(data_args.output_file, ProcessShard()),
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> CaptioningReport:
     images = collect_images(data_args)
     # This process's place first: under torchrun/accelerate it joins the process group, so the pipeline lands on
     # this process's device.
-    shard = current_process(run_args.process_index, run_args.num_processes)
+    shard = shard_args.process()
     # Checks the model (chat template, image support) before any image is touched.
     engine = load_engine(model_args)
     report = generate_mcot_captions(

@@ -33,6 +33,8 @@ from transformers import HfArgumentParser
 
 from hub_cards.console import console_entry_point
 
+from ..sharding import ShardingArguments
+
 if TYPE_CHECKING:
     from pipelines.gallery_index import GalleryIndex
 
@@ -90,9 +92,6 @@ class IndexingArguments:
     batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
     part_size: int = field(default=512, metadata={"help": "Items per saved part (the unit of resuming)."})
     dtype: str = field(default="float32", metadata={"help": "Index storage dtype: float32, float16 or bfloat16."})
-    process_index: int | None = field(default=None, metadata={"help": "Independent jobs: this job's index."})
-    num_processes: int | None = field(default=None, metadata={"help": "Independent jobs: how many share the gallery."})
-    merge_only: bool = field(default=False, metadata={"help": "Only merge the finished parts into --output_dir."})
 
     def __post_init__(self):
         for name in ("batch_size", "part_size"):
@@ -309,16 +308,16 @@ def load_retriever(model_args: ModelArguments, shard: ProcessShard) -> Any:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` (default: the command line), index, and return (and print as JSON) a summary."""
-    parser = HfArgumentParser((ModelArguments, GalleryArguments, IndexingArguments))
-    model_args, gallery_args, run_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, GalleryArguments, IndexingArguments, ShardingArguments))
+    model_args, gallery_args, run_args, shard_args = parser.parse_args_into_dataclasses(args=argv)
     from hub_cards.output_lock import exclusive_output_lock
 
-    from ..sharding import ProcessShard, current_process, lock_path
+    from ..sharding import ProcessShard, lock_path
 
     output_dir = Path(gallery_args.output_dir)
     if output_dir.is_file():
         raise ValueError(f"--output_dir {output_dir} is a file; expected a folder for the index")
-    if run_args.merge_only:
+    if shard_args.merge_only:
         records = _gallery(gallery_args)[0] if (gallery_args.image_dir or gallery_args.dataset) else None
         with exclusive_output_lock(lock_path(output_dir, ProcessShard()), what=f"index {str(output_dir)!r}"):
             merged = merge_parts(output_dir, records)
@@ -328,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if model_args.model_name_or_path is None:
         raise ValueError("--model_name_or_path is required (a CSMCIR model), except with --merge_only")
     records, captions = _gallery(gallery_args)
-    shard = current_process(run_args.process_index, run_args.num_processes)
+    shard = shard_args.process()
     what = f"index {str(output_dir)!r}" + ("" if shard.single else f" (process {shard.rank})")
     with exclusive_output_lock(lock_path(output_dir, shard), what=what):
         retriever = load_retriever(model_args, shard)
