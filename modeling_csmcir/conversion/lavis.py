@@ -40,6 +40,7 @@ from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, 
 from transformers.utils import logging
 
 from hub_cards.atomic_files import atomic_directory, write_json_atomically
+from hub_cards.portable_paths import portable_path
 
 from ..configuration_csmcir import CSMCIRConfig
 from ..modeling_csmcir import CSMCIRModel
@@ -547,7 +548,8 @@ def convert_lavis_to_folder(
 
     The processor is :func:`~.processor.build_processor`'s (BLIP-2's preprocessing, the Q-Former's tokenizer). The
     folder is assembled in a temporary folder beside ``output_dir`` and renamed into place, so a failed run leaves
-    nothing half-written. ``conversion_report.json`` holds ``checkpoint`` and :meth:`LavisConversionReport.to_dict`.
+    nothing half-written. ``conversion_report.json`` holds ``checkpoint`` (its path relative to the folder, or
+    ``<local>/<name>``; never absolute), ``checkpoint_bytes`` and :meth:`LavisConversionReport.to_dict`.
 
     Raises:
         ValueError: when ``output_dir`` exists and is not empty (without ``overwrite``), or the conversion is refused.
@@ -564,7 +566,10 @@ def convert_lavis_to_folder(
         scoring=scoring,
     )
     processor = build_processor(model.config, tokenizer_name_or_path, scoring=report.scoring["preset"])
-    summary = {"checkpoint": os.path.abspath(checkpoint), **report.to_dict()}
+    # Where the checkpoint was, as a publishable folder may record it: relative when it sits beside the output,
+    # else "<local>/<file name>" (no user name or mount point travels to the Hub).
+    summary = {"checkpoint": portable_path(os.path.abspath(checkpoint), output_dir),
+               "checkpoint_bytes": os.path.getsize(checkpoint), **report.to_dict()}
 
     # The whole folder is staged and swapped in at once: an interrupted run leaves the old folder (or nothing).
     with atomic_directory(output_dir) as staging:

@@ -250,6 +250,9 @@ def test_cli_converts_a_checkpoint_into_a_loadable_model_and_processor(peer, lav
     assert "AutoModel" in saved_config["auto_map"] and (tmp_path / "out" / "modeling_csmcir.py").is_file()
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
     assert "prompt_tokens" in report["unmapped"] and report["unfilled"] == []
+    # The report travels with the folder: the checkpoint beside it is recorded relative, never as an absolute path.
+    assert report["checkpoint"] == "../sprc.pt"
+    assert report["checkpoint_bytes"] == (tmp_path / "sprc.pt").stat().st_size
     model = CSMCIRModel.from_pretrained(tmp_path / "out").eval()
     processor = CSMCIRProcessor.from_pretrained(tmp_path / "out")
     assert processor.image_processor.size["height"] == 32
