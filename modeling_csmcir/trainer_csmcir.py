@@ -300,12 +300,21 @@ class CSMCIRTrainer(HubCardTrainerMixin, Trainer):
     def _evaluator_metrics(self, prefix: str) -> dict[str, float]:
         if self.evaluator is None:
             return {}
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        try:
-            metrics = self.evaluator(model)
-        finally:
-            model.train(was_training)
+        # Retrieval over the evaluator's gallery is one job, not a data-parallel one: the main process runs it and
+        # the others wait for its numbers (every rank logs and compares the same metrics, e.g. for
+        # load_best_model_at_end), instead of each rank encoding the whole gallery again.
+        metrics: Mapping[str, Any] | None = None
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            try:
+                metrics = self.evaluator(model)
+            finally:
+                model.train(was_training)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            metrics = broadcast_object_list([metrics], from_process=0)[0]
         # Loggers and model cards want numbers; the protocol string is kept as evaluation_protocol instead.
         return {f"{prefix}_{key}": float(value) for key, value in metrics.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)}

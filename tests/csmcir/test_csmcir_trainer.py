@@ -270,6 +270,10 @@ def test_two_gloo_processes_hold_identical_banks(tmp_path):
     stored = banks[0]["target_ids"][banks[0]["target_ids"] >= 0]
     assert len(stored) >= 4 and len(set(stored.tolist())) == len(stored)
     assert json.loads((tmp_path / "world.json").read_text())["world_size"] == 2
+    # The evaluator runs once, on the main process, and every rank gets its numbers.
+    assert sorted(p.name for p in tmp_path.glob("evaluated_by_rank*")) == ["evaluated_by_rank0"]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"metrics_rank{rank}.json").read_text()) == {"eval_recall_at_1": 40.0}
 
 
 # ------------------------------------------------------------------------------------- learning (fast)
@@ -446,6 +450,15 @@ def worker(output_dir: str, max_steps: int) -> None:
     trainer = run_training(output_dir, max_steps, dataloader_num_workers=0)
     rank = trainer.accelerator.process_index
     save_file(trainer.memory_bank.state_dict(), os.path.join(output_dir, f"bank_rank{rank}.safetensors"))
+
+    def evaluator(model):  # records which rank ran it; the number is rank-dependent, so a rank that ran it shows
+        Path(output_dir, f"evaluated_by_rank{rank}").touch()
+        return {"recall_at_1": 40.0 + rank}
+
+    trainer.evaluator = evaluator
+    metrics = trainer.evaluate()
+    recall = {"eval_recall_at_1": metrics["eval_recall_at_1"]}
+    Path(output_dir, f"metrics_rank{rank}.json").write_text(json.dumps(recall))
     if rank == 0:
         Path(output_dir, "world.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))
     if torch.distributed.is_initialized():
