@@ -8,7 +8,8 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -82,3 +83,22 @@ def cirr_pair(pair_id: int, reference: str, target: str, caption: str = "make it
 def listing(folder: Path) -> list[str]:
     """Every path under ``folder`` (relative, sorted): what a failed run must leave unchanged."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def console_error_in_process(console_main: Callable[[], None], argv: list[str]) -> tuple[int, str]:
+    """Run a console script's entry point in this process with ``argv``; return (exit status, what it wrote to stderr).
+
+    The same code path as the installed script (``hub_cards.console.console_entry_point``), without a fresh
+    interpreter's start-up (seconds per call). Each suite keeps one real-subprocess case for the process-level view.
+    """
+    stderr, saved_argv = io.StringIO(), sys.argv
+    sys.argv = ["prog", *argv]
+    try:
+        with contextlib.redirect_stderr(stderr):
+            console_main()
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+    return status, stderr.getvalue()

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hostile_inputs import listing
+from hostile_inputs import console_error_in_process, listing
 from hub_cards.output_lock import OutputInUseError, exclusive_output_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,14 +288,18 @@ def _run_cli(module, *argv, env=None):
                           timeout=120)
 
 
-def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch):
     argv = ["--model_name_or_path", str(tmp_path / "missing"), "--dataset", "cirr", "--data_dir", str(tmp_path),
             "--split", "val", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
     plain = _run_cli("modeling_csmcir.cli.eval", *argv)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     lines = [line for line in plain.stderr.splitlines() if line.startswith("csmcir-eval: error:")]
     assert len(lines) == 1 and "missing" in lines[0]
-    debug = _run_cli("modeling_csmcir.cli.eval", *argv, "--debug")
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
-    env_debug = _run_cli("modeling_csmcir.cli.eval", *argv, env={"CLI_DEBUG": "1"})
-    assert "Traceback" in env_debug.stderr
+    # --debug / CLI_DEBUG=1 let the exception (and so its traceback) through: the same entry point, in this process.
+    from modeling_csmcir.cli.eval import console_main
+
+    with pytest.raises(Exception, match="missing"):
+        console_error_in_process(console_main, [*argv, "--debug"])
+    monkeypatch.setenv("CLI_DEBUG", "1")
+    with pytest.raises(Exception, match="missing"):
+        console_error_in_process(console_main, argv)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from fixtures import tiny_csmcir, tiny_processor
+from hostile_inputs import console_error_in_process
 from modeling_csmcir.cli import index as index_cli
 from modeling_csmcir.cli import search as search_cli
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir
@@ -95,12 +96,17 @@ def test_text_only_and_image_only_queries(setup, tmp_path):
     assert abs(by_id["by-picture"]["hits"][0]["score"] - 1.0) < 1e-4
 
 
-def _cli_error(argv) -> str:
-    result = subprocess.run([sys.executable, "-m", "modeling_csmcir.cli.search", *argv], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("csmcir-search: error: "), result.stderr[-2000:]
+def _cli_error(argv, in_subprocess: bool = False) -> str:
+    """The one error line of ``csmcir-search argv`` (exit status 2), run in this process or as a real process."""
+    if in_subprocess:
+        result = subprocess.run([sys.executable, "-m", "modeling_csmcir.cli.search", *argv], capture_output=True,
+                                text=True, timeout=300)
+        status, stderr = result.returncode, result.stderr
+    else:
+        status, stderr = console_error_in_process(search_cli.console_main, argv)
+    assert status == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("csmcir-search: error: "), stderr[-2000:]
     return lines[0]
 
 
@@ -110,7 +116,9 @@ def test_bad_inputs_are_one_clear_line(setup, tmp_path):
     good.write_text(json.dumps({"text": "red"}) + "\n")
     base = ["--model_name_or_path", str(model), "--device", "cpu", "--image_root", str(bench),
             "--output_file", str(tmp_path / "o.jsonl")]
-    assert "no such folder" in _cli_error(["--index_dir", str(tmp_path / "missing"), "--queries", str(good), *base])
+    # One real process (what a shell sees); the other cases run the same entry point in this process.
+    assert "no such folder" in _cli_error(["--index_dir", str(tmp_path / "missing"), "--queries", str(good), *base],
+                                          in_subprocess=True)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "red"}) + "\n\n{not json\n")
     assert f"{bad} line 3: not valid JSON" in _cli_error(["--index_dir", str(index_dir), "--queries", str(bad), *base])
