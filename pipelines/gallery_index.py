@@ -30,9 +30,11 @@ safetensors and transformers.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,10 +42,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers.utils import logging
 
 from .exact_search import block_rows, exact_search, token_scores
+from .gallery_on_disk import (
+    MappedEmbeddings,
+    import_faiss,
+    merge_ivf_on_disk,
+    read_ivf_on_disk,
+    stream_rows,
+    tensor_blocks,
+    write_embeddings,
+    write_file_atomically,
+    write_ivf_on_disk,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -51,6 +64,7 @@ logger = logging.get_logger(__name__)
 EMBEDDINGS_FILE = "gallery_embeddings.safetensors"
 INDEX_FILE = "gallery_index.json"
 FAISS_FILE = "gallery_faiss.index"
+IVFDATA_FILE = "gallery_faiss.ivfdata"
 FORMAT_VERSION = 1
 
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,9 +111,12 @@ def config_hash(config: Any) -> str:
 
 
 def _embeddings_digest(embeddings: torch.Tensor) -> str:
-    """SHA-256 of the stored embedding bytes (CPU, contiguous): ties a JSON record to its embeddings file."""
-    tensor = embeddings.detach().cpu().contiguous()
-    return hashlib.sha256(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"").hexdigest()
+    """SHA-256 of the stored embedding bytes (CPU, contiguous): ties a JSON record to its embeddings file.
+    Hashed block by block, so it costs no copy of the matrix."""
+    digest = hashlib.sha256()
+    for block in tensor_blocks(embeddings.detach().cpu().contiguous()):
+        digest.update(memoryview(block.view(torch.uint8).numpy()).cast("B"))
+    return digest.hexdigest()
 
 
 #: Lower-precision copies the identity also hashes, so a model loaded in float16 / bfloat16 from the weights that
@@ -257,22 +274,39 @@ def _describe_identity(identity: dict[str, Any] | None) -> str:
 def _atomic_write(path: str, write_fn) -> None:
     """Write through `write_fn(tmp_path)` to a temporary file in the target folder, then `os.replace` it in.
 
-    The project's other files use one shared atomic writer; a Hub folder cannot import it, so this file has its own.
-    The file gets the permissions of a plain `open()` (mkstemp's are 0600).
+    The project's other files use one shared atomic writer; a Hub folder cannot import it, so the gallery files use
+    their own (`gallery_on_disk.write_file_atomically`).
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    write_file_atomically(path, write_fn)
+
+
+def _write_pending_embeddings(folder: str, shape: tuple[int, ...], dtype: torch.dtype,
+                              blocks: Iterable[torch.Tensor]) -> tuple[str, str]:
+    """Stream `blocks` into a hidden temporary file in `folder`, then rename it to its pending name (which carries
+    the digest, known only once every byte is written). Returns `(digest, pending_path)`."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=EMBEDDINGS_FILE, dir=folder)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
-        write_fn(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        digest = write_embeddings(tmp, shape, dtype, blocks)
+        os.chmod(tmp, 0o666 & ~umask)
+        pending = _pending_name(folder, EMBEDDINGS_FILE, digest)
+        os.replace(tmp, pending)
     except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise
+    return digest, pending
+
+
+def _finish_switch(folder: str, digest: str) -> None:
+    """Move the pending files of the save whose JSON (digest `digest`) is in place onto their names: what an
+    interrupted save had left to do. On-disk faiss lists must sit under their final name to be read."""
+    for name in (EMBEDDINGS_FILE, FAISS_FILE, IVFDATA_FILE):
+        pending = _pending_name(folder, name, digest)
+        if os.path.isfile(pending):
+            os.replace(pending, os.path.join(folder, name))
 
 
 _REQUIRED_RECORD_KEYS = ("format_version", "num_items", "embed_dim", "ids")
@@ -293,7 +327,7 @@ def _remove_stale_pending(folder: str) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     for entry in os.listdir(folder):
-        if entry.startswith(".tmp-") and entry.endswith((EMBEDDINGS_FILE, INDEX_FILE, FAISS_FILE)):
+        if entry.startswith((".tmp-", ".staged-")) and entry.endswith((EMBEDDINGS_FILE, INDEX_FILE, FAISS_FILE, IVFDATA_FILE)):
             os.remove(os.path.join(folder, entry))  # a temporary file of a save killed while writing it
         elif entry.startswith(".") and entry.endswith(_PENDING_SUFFIX):
             if current and entry.endswith(f".{current[:16]}{_PENDING_SUFFIX}"):
@@ -304,15 +338,7 @@ def _remove_stale_pending(folder: str) -> None:
                 os.remove(os.path.join(folder, entry))
 
 
-def _import_faiss():
-    try:
-        import faiss  # noqa: PLC0415 - optional dependency, imported only when a faiss backend is requested
-    except ImportError as error:
-        raise ImportError(
-            "The faiss backend of GalleryIndex needs faiss: `pip install faiss-cpu` (or faiss-gpu). "
-            "The default torch backend needs nothing extra."
-        ) from error
-    return faiss
+_import_faiss = import_faiss
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -531,6 +557,8 @@ class GalleryIndex:
         self._faiss_index = None
         self._faiss_config: dict[str, Any] | None = None
         self.backend = "torch"
+        # Set by `load(mmap=True)`: the file `self.embeddings` is a view of (searched block by block).
+        self._mapped: MappedEmbeddings | None = None
 
     # ---------------------------------------------------------------------------------------------------------- basics
 
@@ -573,9 +601,24 @@ class GalleryIndex:
         return self.embeddings.device
 
     def to(self, device: str | torch.device) -> GalleryIndex:
-        """Move the torch embeddings (exact search runs where they live); a faiss index stays where it is."""
+        """Move the torch embeddings (exact search runs where they live); a faiss index stays where it is.
+
+        A memory-mapped index moved off the CPU is read whole into the device's memory (and is no longer mapped)."""
+        if self._mapped is not None and torch.device(device).type != "cpu":
+            logger.info(f"GalleryIndex.to({device}): reading the memory-mapped {self._mapped.path} into {device}")
+            self._mapped = None
         self.embeddings = self.embeddings.to(device)
         return self
+
+    @property
+    def memory_mapped(self) -> bool:
+        """True when the rows are a read-only map of the saved embeddings file (`load(mmap=True)`), not in RAM."""
+        return self._mapped is not None
+
+    @property
+    def faiss_on_disk(self) -> bool:
+        """True when the faiss index's inverted lists are a map of `gallery_faiss.ivfdata` (`merge_on_disk`)."""
+        return bool(self._faiss_config and self._faiss_config.get("on_disk"))
 
     def __repr__(self) -> str:
         return (
@@ -641,6 +684,11 @@ class GalleryIndex:
         A faiss index built on this gallery gets the new vectors too (trained indexes are not retrained: add rows
         from the distribution the quantizer was trained on). Nothing changes when a check fails.
         """
+        if self.memory_mapped or self.faiss_on_disk:
+            raise ValueError(
+                "GalleryIndex.add: this index is read-only on disk (memory-mapped rows or on-disk faiss lists); save "
+                "the new rows as a shard and join them with GalleryIndex.merge_on_disk([...])"
+            )
         start = len(self)
         if ids is None:
             ids = list(range(start, start + int(torch.as_tensor(embeddings).shape[0])))
@@ -690,6 +738,23 @@ class GalleryIndex:
         index one `add` of all rows would give; any other faiss indexes are dropped (call `build_faiss` on the result).
         """
         shards = list(indexes)
+        cls._check_mergeable(shards, check_model)
+        first = shards[0]
+        merged = cls(
+            torch.cat([shard.embeddings.cpu() for shard in shards]),
+            ids=[item for shard in shards for item in shard.ids],
+            metadata=cls._merged_metadata(shards),
+            model_identity=first.model_identity,
+            dtype=first.dtype,
+            normalize=False,  # each shard's rows are normalised (and rounded) already, exactly as in one go
+        )
+        merged.to(first.device)
+        merged._merge_faiss(shards)
+        return merged
+
+    @staticmethod
+    def _check_mergeable(shards: Sequence[GalleryIndex], check_model: bool) -> None:
+        """The refusals of `merge` (see there): ValueError naming the shard's position."""
         if not shards:
             raise ValueError("GalleryIndex.merge: no shards given (expected a non-empty list of GalleryIndex)")
         for position, shard in enumerate(shards):
@@ -709,21 +774,140 @@ class GalleryIndex:
                         "be unique across shards"
                     )
                 owner[item] = position
-        any_metadata = any(shard.metadata is not None for shard in shards)
-        metadata = None
-        if any_metadata:
-            metadata = [entry for shard in shards for entry in (shard.metadata or [{} for _ in range(len(shard))])]
-        merged = cls(
-            torch.cat([shard.embeddings.cpu() for shard in shards]),
-            ids=[item for shard in shards for item in shard.ids],
-            metadata=metadata,
-            model_identity=first.model_identity,
-            dtype=first.dtype,
-            normalize=False,  # each shard's rows are normalised (and rounded) already, exactly as in one go
+
+    @staticmethod
+    def _merged_metadata(shards: Sequence[GalleryIndex]) -> list[dict[str, Any]] | None:
+        if not any(shard.metadata is not None for shard in shards):
+            return None
+        return [entry for shard in shards for entry in (shard.metadata or [{} for _ in range(len(shard))])]
+
+    @classmethod
+    def merge_on_disk(
+        cls,
+        shards: Sequence[str | os.PathLike],
+        path: str | os.PathLike,
+        check_model: bool = True,
+        verify: bool = True,
+    ) -> GalleryIndex:
+        """Join saved shard folders into one saved index at `path` without holding the gallery in memory; returns it
+        opened memory-mapped (`load(path, mmap=True)`).
+
+        Rows are copied block by block from each shard's memory-mapped embeddings into one embeddings file (the
+        format `save` writes, so the folder is an ordinary saved index). When the shards carry IVF / IVF-PQ faiss
+        indexes filled from one trained index (`build_faiss(trained=...)`), their inverted lists are merged into
+        one `gallery_faiss.ivfdata` file (`faiss.contrib.ondisk.merge_ondisk`), which `load` maps instead of
+        reading: a search reads only the probed lists, and an exact rerank (`set_faiss_search_params(rerank=R)`)
+        reads only its `R · k` candidate rows from the mapped embeddings. The result equals `merge` of the same
+        shards: the same rows, ids, metadata and (faiss) search results.
+
+        The files are written under pending names and switched by one JSON replace, as `save` does. Refused with a
+        ValueError naming the shard: everything `merge` refuses; `path` being one of the shards; some shards with a
+        faiss index and some without; faiss indexes of another kind, or trained differently (their recorded
+        `trained_sha256`, then their coarse centroids and PQ codebooks, are compared); a shard that is itself on
+        disk. `verify` checks each shard's embeddings digest as `load` does (one streaming read of every shard).
+        """
+        folders = [os.fspath(shard) for shard in shards]
+        path = os.fspath(path)
+        if not folders:
+            raise ValueError("GalleryIndex.merge_on_disk: no shard folders given")
+        if os.path.abspath(path) in {os.path.abspath(folder) for folder in folders}:
+            raise ValueError(f"GalleryIndex.merge_on_disk: the output {path!r} is one of the shards; write a new folder")
+        opened = [cls.load(folder, mmap=True, load_faiss=False, verify=verify) for folder in folders]
+        try:
+            cls._check_mergeable(opened, check_model)
+        except ValueError as error:
+            named = ", ".join(f"{position}={folder!r}" for position, folder in enumerate(folders))
+            raise ValueError(f"GalleryIndex.merge_on_disk: {error} (shards: {named})") from None
+        configs = [cls._read_record(folder)[1].get("faiss") for folder in folders]
+        faiss_files = []
+        if any(configs):
+            for position, (folder, config) in enumerate(zip(folders, configs)):
+                faiss_path = os.path.join(folder, FAISS_FILE)
+                if not config or not os.path.isfile(faiss_path):
+                    raise ValueError(
+                        f"GalleryIndex.merge_on_disk: shard {position} ({folder!r}) has no faiss index but shard "
+                        f"{configs.index(next(c for c in configs if c))} has; fill every shard from the trained index"
+                    )
+                if config.get("kind") not in ("ivf", "ivfpq") or config.get("on_disk"):
+                    raise ValueError(
+                        f"GalleryIndex.merge_on_disk: shard {position} ({folder!r}) holds a faiss index of kind "
+                        f"{config.get('kind')!r}{' on disk' if config.get('on_disk') else ''}; expected an in-file "
+                        "'ivf' or 'ivfpq' index filled by build_faiss(trained=...)"
+                    )
+                if config.get("trained_sha256") != configs[0].get("trained_sha256"):
+                    raise ValueError(
+                        f"GalleryIndex.merge_on_disk: shard {position} ({faiss_path!r}) was filled from another trained "
+                        f"index than shard 0 (trained_sha256 {config.get('trained_sha256')!r} vs "
+                        f"{configs[0].get('trained_sha256')!r}); fill every shard from one train_faiss result"
+                    )
+                faiss_files.append(faiss_path)
+        first = opened[0]
+        shape = (sum(len(shard) for shard in opened), *first.embeddings.shape[1:])
+        os.makedirs(path, exist_ok=True)
+        _remove_stale_pending(path)
+        digest, embeddings_pending = _write_pending_embeddings(
+            path, shape, first.dtype,
+            itertools.chain.from_iterable(tensor_blocks(shard.embeddings, shard._mapped) for shard in opened),
         )
-        merged.to(first.device)
-        merged._merge_faiss(shards)
-        return merged
+        pending = [(embeddings_pending, os.path.join(path, EMBEDDINGS_FILE))]
+        faiss_config = None
+        try:
+            if faiss_files:
+                index_pending = _pending_name(path, FAISS_FILE, digest)
+                ivfdata_pending = _pending_name(path, IVFDATA_FILE, digest)
+                pending += [(index_pending, os.path.join(path, FAISS_FILE)),
+                            (ivfdata_pending, os.path.join(path, IVFDATA_FILE))]
+                staged_index = os.path.join(path, ".staged-" + FAISS_FILE)
+                staged_ivfdata = os.path.join(path, ".staged-" + IVFDATA_FILE)
+                try:
+                    ntotal = merge_ivf_on_disk(faiss_files, staged_index, staged_ivfdata, IVFDATA_FILE)
+                except ValueError as error:
+                    raise ValueError(f"GalleryIndex.merge_on_disk: {error}") from None
+                expected = shape[0] * (first.tokens_per_item or 1)
+                if ntotal != expected:
+                    raise ValueError(
+                        f"GalleryIndex.merge_on_disk: the shards' faiss indexes hold {ntotal} vectors, their embeddings "
+                        f"{expected}; a shard's {FAISS_FILE} does not match its rows (rebuild that shard)"
+                    )
+                os.replace(staged_ivfdata, ivfdata_pending)
+                os.replace(staged_index, index_pending)
+                faiss_config = {key: value for key, value in configs[0].items() if key != "rerank"}
+                faiss_config.update(on_disk=True, ivfdata=IVFDATA_FILE)
+            record = {
+                "format_version": FORMAT_VERSION,
+                "num_items": shape[0],
+                "embed_dim": first.embed_dim,
+                "tokens_per_item": first.tokens_per_item,
+                "dtype": str(first.dtype).split(".")[-1],
+                "ids": [item for shard in opened for item in shard.ids],
+                "metadata": cls._merged_metadata(opened),
+                "model_identity": first.model_identity,
+                "faiss": faiss_config,
+                "embeddings_sha256": digest,
+            }
+            text = json.dumps(record, ensure_ascii=False)
+
+            def write_json(tmp: str) -> None:
+                with open(tmp, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+
+            _atomic_write(os.path.join(path, INDEX_FILE), write_json)  # the switch
+        except BaseException:
+            for pending_path, _ in pending:
+                if os.path.exists(pending_path):
+                    os.remove(pending_path)
+            for name in (FAISS_FILE, IVFDATA_FILE):
+                staged = os.path.join(path, ".staged-" + name)
+                if os.path.exists(staged):
+                    os.remove(staged)
+            raise
+        for pending_path, final_path in pending:
+            os.replace(pending_path, final_path)
+        if not faiss_files:
+            for name in (FAISS_FILE, IVFDATA_FILE):
+                if os.path.exists(os.path.join(path, name)):
+                    os.remove(os.path.join(path, name))  # an earlier save's, not these rows'
+        return cls.load(path, mmap=True, verify=False)  # written and digested just now
 
     def _merge_faiss(self, shards: Sequence[GalleryIndex]) -> None:
         configs = [shard._faiss_config for shard in shards]
@@ -778,13 +962,31 @@ class GalleryIndex:
         top_k = min(int(top_k), len(self))
         queries = torch.nn.functional.normalize(queries.float(), dim=1)
         backend = backend or self.backend
-        if backend == "torch":
+        if backend == "torch" and self._mapped is not None:
+            scores, positions = self._search_mapped(queries, top_k)
+        elif backend == "torch":
             scores, positions = exact_search(self.embeddings, queries, top_k)
         elif backend == "faiss":
             scores, positions = self._search_faiss(queries, top_k)
         else:
             raise ValueError(f"GalleryIndex.search backend: expected 'torch' or 'faiss', got {backend!r}")
         return SearchResult(scores=scores.float().cpu(), positions=positions.long().cpu())
+
+    def _search_mapped(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact search over memory-mapped rows: the kernel runs on blocks of about `STREAM_BLOCK_BYTES` (a multiple
+        of its own block size, so it computes the same matrix products as over the whole matrix), each block's pages
+        are handed back before the next, and the blocks' top-k lists are merged. Resident memory: one block."""
+        rows = stream_rows(len(self), self._mapped.row_bytes, multiple=block_rows(queries.shape[0], self.tokens_per_item))
+        best_scores = best_positions = None
+        for start, block in self._mapped.blocks(rows):
+            scores, positions = exact_search(block, queries, min(top_k, block.shape[0]))
+            positions += start
+            if best_scores is not None:
+                scores, positions = torch.cat([best_scores, scores], dim=1), torch.cat([best_positions, positions], dim=1)
+                scores, order = scores.topk(top_k, dim=1)
+                positions = positions.gather(1, order)
+            best_scores, best_positions = scores, positions
+        return best_scores, best_positions
 
     def similarities(self, query_embeds: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The full `(Q, N)` cosine matrix of the queries against every stored row (float32, CPU): what ranking
@@ -795,6 +997,12 @@ class GalleryIndex:
                 f"GalleryIndex.similarities query_embeds: expected shape (Q, {self.embed_dim}), got {tuple(queries.shape)}"
             )
         queries = torch.nn.functional.normalize(queries.float(), dim=1).to(self.embeddings.device)
+        if self._mapped is not None:  # block by block, each block's pages handed back after use
+            rows = stream_rows(len(self), self._mapped.row_bytes)
+            return torch.cat([
+                (queries @ block.float().T) if block.ndim == 2 else token_scores(queries, block)
+                for _, block in self._mapped.blocks(rows)
+            ], dim=1)
         if self.tokens_per_item is None:
             return (queries @ self.embeddings.float().T).cpu()
         rows = block_rows(queries.shape[0], self.tokens_per_item)
@@ -1098,18 +1306,30 @@ class GalleryIndex:
             "faiss": self._faiss_config,
         }
         embeddings = self.embeddings.detach().cpu().contiguous()
-        digest = _embeddings_digest(embeddings)
-        record["embeddings_sha256"] = digest
         try:
-            text = json.dumps(record, ensure_ascii=False)
+            json.dumps(record, ensure_ascii=False)
         except TypeError as error:
             raise ValueError(f"GalleryIndex.save: ids and metadata must be JSON-serialisable ({error})") from error
         _remove_stale_pending(path)
-        pending = [(_pending_name(path, EMBEDDINGS_FILE, digest), os.path.join(path, EMBEDDINGS_FILE))]
-        _atomic_write(pending[0][0], lambda tmp: save_file({"embeddings": embeddings}, tmp, metadata={"format": "pt"}))
+        # Streamed block by block (a memory-mapped index is never read whole); the same bytes as safetensors'
+        # save_file, and the digest comes with the write.
+        digest, embeddings_pending = _write_pending_embeddings(
+            path, tuple(embeddings.shape), embeddings.dtype, tensor_blocks(embeddings, self._mapped)
+        )
+        record["embeddings_sha256"] = digest
+        text = json.dumps(record, ensure_ascii=False)
+        pending = [(embeddings_pending, os.path.join(path, EMBEDDINGS_FILE))]
         faiss_path = os.path.join(path, FAISS_FILE)
+        ivfdata_path = os.path.join(path, IVFDATA_FILE)
         try:
-            if self._faiss_index is not None:
+            if self._faiss_index is not None and self.faiss_on_disk:
+                faiss = _import_faiss()
+                source = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self._faiss_index).invlists).filename
+                pending.append((_pending_name(path, IVFDATA_FILE, digest), ivfdata_path))
+                _atomic_write(pending[-1][0], lambda tmp: shutil.copyfile(source, tmp))
+                pending.append((_pending_name(path, FAISS_FILE, digest), faiss_path))
+                _atomic_write(pending[-1][0], lambda tmp: write_ivf_on_disk(self._faiss_index, tmp, IVFDATA_FILE))
+            elif self._faiss_index is not None:
                 faiss = _import_faiss()
                 pending.append((_pending_name(path, FAISS_FILE, digest), faiss_path))
                 _atomic_write(pending[-1][0], lambda tmp: faiss.write_index(self._faiss_index, tmp))
@@ -1128,17 +1348,12 @@ class GalleryIndex:
             os.replace(pending_path, final_path)
         if self._faiss_index is None and os.path.exists(faiss_path):
             os.remove(faiss_path)  # a stale faiss file from an earlier save would not match these embeddings
+        if not self.faiss_on_disk and os.path.exists(ivfdata_path):
+            os.remove(ivfdata_path)
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", load_faiss: bool = True,
-             require_digest: bool = True) -> GalleryIndex:
-        """Read a folder written by `save`; restores the faiss index too when present and faiss is installed.
-
-        Refused, with the file named: a record that is not a JSON object or lacks keys, embeddings whose digest is
-        not the record's (another save's), a record without a digest (unless `require_digest=False`), a row holding
-        NaN or infinity.
-        """
-        path = os.fspath(path)
+    @staticmethod
+    def _read_record(path: str) -> tuple[str, dict[str, Any]]:
+        """`(json_path, record)` of a saved folder, or a ValueError naming the file."""
         index_path = os.path.join(path, INDEX_FILE)
         if not os.path.isfile(index_path):
             raise ValueError(f"GalleryIndex.load: {index_path!r} not found; is {path!r} a saved GalleryIndex folder?")
@@ -1154,6 +1369,29 @@ class GalleryIndex:
                 f"GalleryIndex.load: {index_path!r} holds a JSON {type(record).__name__}; expected an object with "
                 f"keys {list(_REQUIRED_RECORD_KEYS)}"
             )
+        return index_path, record
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", load_faiss: bool = True,
+             require_digest: bool = True, mmap: bool = False, verify: bool = True) -> GalleryIndex:
+        """Read a folder written by `save`; restores the faiss index too when present and faiss is installed.
+
+        Args:
+            mmap: map the embeddings file instead of reading it (`memory_mapped` is then True): the rows stay in the
+                file, the process reads only what a search touches, and exact search streams the file block by
+                block (resident memory: one block of `gallery_on_disk.STREAM_BLOCK_BYTES`). The index is read-only
+                (`add` is refused; `merge_on_disk` grows it) and lives on the CPU.
+            verify: check the embeddings' digest against the record and every row for NaN / infinity. With
+                `mmap=True` this is one streaming read of the file (the time to read it, not its memory);
+                `verify=False` opens in constant time, checking only the header, shape and file size.
+        On-disk faiss lists (`gallery_faiss.ivfdata`, written by `merge_on_disk`) are always mapped, never read.
+
+        Refused, with the file named: a record that is not a JSON object or lacks keys, embeddings whose digest is
+        not the record's (another save's), a record without a digest (unless `require_digest=False`), a row holding
+        NaN or infinity, a truncated embeddings or `.ivfdata` file, a missing `.ivfdata`.
+        """
+        path = os.fspath(path)
+        index_path, record = cls._read_record(path)
         missing = [key for key in _REQUIRED_RECORD_KEYS if key not in record]
         if missing:
             raise ValueError(
@@ -1167,6 +1405,9 @@ class GalleryIndex:
                 "beside it (they may come from another save); save the index again, or pass require_digest=False to "
                 "load it unchecked"
             )
+        saved_faiss = record.get("faiss") or {}
+        if digest and saved_faiss.get("on_disk") and os.path.isfile(_pending_name(path, IVFDATA_FILE, digest)):
+            _finish_switch(path, digest)  # faiss finds on-disk lists under their final name only
         # A save killed after its switch (the JSON) but before moving its data files into place: take them.
         embeddings_path = os.path.join(path, EMBEDDINGS_FILE)
         faiss_path = os.path.join(path, FAISS_FILE)
@@ -1195,13 +1436,33 @@ class GalleryIndex:
                 f"GalleryIndex.load: {index_path!r} has format_version {record.get('format_version')!r}, "
                 f"expected {FORMAT_VERSION}"
             )
-        try:
-            embeddings = load_file(embeddings_path)["embeddings"]
-        except Exception as error:
-            raise ValueError(f"GalleryIndex.load: cannot read {embeddings_path!r} ({error})") from error
+        mapped = None
+        if mmap:
+            if torch.device(device).type != "cpu":
+                raise ValueError(
+                    f"GalleryIndex.load: mmap=True keeps the rows in {embeddings_path!r} and searches them on the CPU; "
+                    f"load with mmap=False to put them on {device}"
+                )
+            try:
+                mapped = MappedEmbeddings(embeddings_path)
+            except ValueError as error:
+                raise ValueError(f"GalleryIndex.load: {error}") from None
+            embeddings = mapped.tensor
+            file_digest, bad = mapped.scan() if verify else (None, None)
+        else:
+            try:
+                embeddings = load_file(embeddings_path)["embeddings"]
+            except Exception as error:
+                raise ValueError(f"GalleryIndex.load: cannot read {embeddings_path!r} ({error})") from error
+            file_digest = _embeddings_digest(embeddings) if verify and digest else None
+            bad = None
+            if verify and embeddings.is_floating_point():
+                finite = torch.isfinite(embeddings.float()).reshape(embeddings.shape[0], -1).all(dim=1)
+                if not bool(finite.all()):
+                    bad = int((~finite).nonzero()[0, 0])
         tokens = record.get("tokens_per_item")
         expected = (record["num_items"], *((tokens,) if tokens else ()), record["embed_dim"])
-        if "embeddings_sha256" in record and _embeddings_digest(embeddings) != record["embeddings_sha256"]:
+        if digest and file_digest is not None and file_digest != digest:
             raise ValueError(
                 f"GalleryIndex.load: {embeddings_path!r} does not match {index_path!r} (different digest): the two "
                 "files come from different saves, e.g. an interrupted re-save; save the index again"
@@ -1211,14 +1472,17 @@ class GalleryIndex:
                 f"GalleryIndex.load: {embeddings_path!r} holds shape {tuple(embeddings.shape)} but {index_path!r} "
                 f"says {expected}"
             )
-        if embeddings.is_floating_point():
-            finite = torch.isfinite(embeddings.float()).reshape(embeddings.shape[0], -1).all(dim=1)
-            if not bool(finite.all()):
-                bad = int((~finite).nonzero()[0, 0])
-                raise ValueError(
-                    f"GalleryIndex.load: {embeddings_path!r} row {bad} (id {record['ids'][bad]!r}) holds NaN or "
-                    "infinite values; a search would rank it arbitrarily. Rebuild the index"
-                )
+        if bad is not None:
+            raise ValueError(
+                f"GalleryIndex.load: {embeddings_path!r} row {bad} (id {record['ids'][bad]!r}) holds NaN or "
+                "infinite values; a search would rank it arbitrarily. Rebuild the index"
+            )
+        stored_dtype = str(embeddings.dtype).split(".")[-1]
+        if mapped is not None and stored_dtype != record.get("dtype", "float32"):
+            raise ValueError(
+                f"GalleryIndex.load: {embeddings_path!r} stores {stored_dtype} but {index_path!r} says "
+                f"{record.get('dtype', 'float32')}; save the index again"
+            )
         index = cls(
             embeddings,
             ids=record["ids"],
@@ -1227,22 +1491,36 @@ class GalleryIndex:
             dtype=record.get("dtype", "float32"),
             normalize=False,  # stored rows are normalised already; re-normalising float16 rows would shift them
         )
+        index._mapped = mapped  # the constructor kept the mapped tensor as it is (same dtype, contiguous: no copy)
         index.to(device)
         faiss_path = os.path.join(path, FAISS_FILE)
-        if load_faiss and record.get("faiss") and os.path.isfile(faiss_path):
+        on_disk = bool(saved_faiss.get("on_disk"))
+        if load_faiss and on_disk and not os.path.isfile(faiss_path):
+            raise ValueError(
+                f"GalleryIndex.load: {index_path!r} records an on-disk faiss index but {faiss_path!r} is missing; "
+                "copy the whole folder, or pass load_faiss=False to search exactly"
+            )
+        if load_faiss and saved_faiss and os.path.isfile(faiss_path):
             try:
                 faiss = _import_faiss()
             except ImportError:
                 logger.warning(f"{faiss_path} exists but faiss is not installed: searching with the torch backend")
             else:
-                index._faiss_index = faiss.read_index(faiss_path)
+                if on_disk:
+                    ivfdata_path = os.path.join(path, saved_faiss.get("ivfdata", IVFDATA_FILE))
+                    try:
+                        index._faiss_index = read_ivf_on_disk(faiss_path, ivfdata_path)
+                    except ValueError as error:
+                        raise ValueError(f"GalleryIndex.load: {error}") from None
+                else:
+                    index._faiss_index = faiss.read_index(faiss_path)
                 expected_vectors = len(index) * (index.tokens_per_item or 1)
                 if index._faiss_index.ntotal != expected_vectors:
                     raise ValueError(
                         f"GalleryIndex.load: {faiss_path!r} holds {index._faiss_index.ntotal} vectors, expected "
                         f"{expected_vectors}"
                     )
-                index._faiss_config = dict(record["faiss"])
+                index._faiss_config = dict(saved_faiss)
                 index.set_faiss_search_params(
                     nprobe=index._faiss_config.get("nprobe"), ef_search=index._faiss_config.get("ef_search")
                 )

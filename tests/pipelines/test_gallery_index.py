@@ -156,12 +156,12 @@ def test_save_load_round_trip(tmp_path, dtype):
 def test_failed_save_keeps_the_previous_index_and_leaves_no_temp_files(tmp_path, monkeypatch):
     GalleryIndex(_normalised(3, 4, seed=0), ids=["old0", "old1", "old2"]).save(tmp_path)
 
-    def broken_save_file(tensors, filename, metadata=None):
+    def broken_write_embeddings(filename, shape, dtype, blocks):
         with open(filename, "wb") as handle:
             handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(gallery_module, "save_file", broken_save_file)
+    monkeypatch.setattr(gallery_module, "write_embeddings", broken_write_embeddings)
     with pytest.raises(OSError, match="disk full"):
         GalleryIndex(_normalised(6, 4, seed=1)).save(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["gallery_embeddings.safetensors", "gallery_index.json"]
@@ -277,14 +277,19 @@ def test_hub_files_do_not_require_faiss_or_the_package():
 
     from pipelines import composed_image_retrieval, hub_code, product_summarization
 
-    allowed = {"__future__", "collections", "dataclasses", "hashlib", "json", "math", "os", "tempfile", "typing",
+    from pipelines import gallery_on_disk
+
+    allowed = {"__future__", "collections", "contextlib", "ctypes", "dataclasses", "hashlib", "itertools", "json",
+               "math", "mmap", "os", "shutil", "struct", "sys", "tempfile", "typing",
                "numpy", "torch", "safetensors", "transformers", "PIL"}
-    for module in (gallery_module, search_module, composed_image_retrieval, hub_code, product_summarization):
+    for module in (gallery_module, gallery_on_disk, search_module, composed_image_retrieval, hub_code,
+                   product_summarization):
         assert set(get_imports(module.__file__)) <= allowed, get_imports(module.__file__)
     assert sorted(get_relative_imports(composed_image_retrieval.__file__)) == ["gallery_index", "hub_code"]
     assert get_relative_imports(product_summarization.__file__) == ["hub_code"]
     assert get_relative_imports(hub_code.__file__) == []
-    assert get_relative_imports(gallery_module.__file__) == ["exact_search"]
+    assert sorted(get_relative_imports(gallery_module.__file__)) == ["exact_search", "gallery_on_disk"]
+    assert get_relative_imports(gallery_on_disk.__file__) == []
     assert get_relative_imports(search_module.__file__) == []
 
 
