@@ -16,8 +16,15 @@ into a saved pipeline folder on the Hub — does not make faiss a requirement of
 
 On disk an index is a folder: `gallery_embeddings.safetensors` (the embedding matrix in its storage dtype),
 `gallery_index.json` (ids, metadata, model identity, format version) and, when a faiss index was built,
-`gallery_faiss.index`. The JSON record is the one atomic switch of a save (see `GalleryIndex.save`): a save killed at
-any moment leaves the old or the new index loadable, never neither.
+`gallery_faiss.index` (plus `gallery_faiss.ivfdata`, its inverted lists, for an index merged on disk). The JSON
+record is the one atomic switch of a save (see `GalleryIndex.save`): a save killed at any moment leaves the old or the
+new index loadable, never neither.
+
+Galleries larger than memory (the sibling `gallery_on_disk.py`): `GalleryIndex.load(path, mmap=True)` maps the
+embeddings file instead of reading it, and exact search streams it block by block; `GalleryIndex.merge_on_disk(shard
+folders, path)` joins saved shards without loading them, merging IVF / IVF-PQ shards filled from one trained index
+into one on-disk inverted-list file that is mapped, not read, when loaded (a search reads the probed lists, and an
+exact rerank reads only its candidate rows).
 
 `encode_targets` is the one gallery encoder of the project (the pipeline's `build_index`, the retrieval evaluator
 and cached training all call it) and `model_identity` the one notion of "the same model" (indexes and evaluation
