@@ -79,27 +79,30 @@ TSNE_VARIANTS = ("entropy", "asymmetric")
 @dataclass
 class FinetuneArguments:
     output_dir: str = field(default="benchmarks/results", metadata={"help": "Where the table, JSON and PNGs go."})
-    work_dir: str = field(default="outputs/finetune_csmcir", metadata={"help": "Data, pretrained start, models."})
-    preset: str = field(default="tiny-scratch")
-    num_images: int = field(default=2400)
-    image_size: int = field(default=32, metadata={"help": "Rendered side (small images: cheap pre-processing)."})
+    work_dir: str = field(default="outputs/finetune_csmcir_grid", metadata={"help": "Data, pretrained start, models."})
+    preset: str = field(default="tiny-grid")
+    num_images: int = field(default=3000)
+    image_size: int = field(default=48, metadata={"help": "Rendered side = the vision tower's input side (tiny-grid: "
+                                                          "48 px, one 16-px patch per grid cell)."})
     pairs_per_set: int = field(default=3)
     data_seed: int = field(default=0)
     pretrain_pairs: int = field(default=5000)
     pretrain_steps: int = field(default=300)
     pretrain_batch_size: int = field(default=64)
     pretrain_learning_rate: float = field(default=1e-3)
-    completion_weight: float = field(default=1.0)
+    completion_weight: float = field(default=0.0, metadata={"help": "Caption-completion weight (0: ITC only)."})
     seeds: str = field(default="0,1,2")
     variants: str = field(default=",".join(v for v in VARIANTS if v not in ("sprc", "scratch")))
-    max_steps: int = field(default=150)
+    max_steps: int = field(default=300)
     learning_rate: float = field(default=3e-4, metadata={"help": "Fine-tuning rate (small: the features are pretrained)."})
+    freeze_vision: bool = field(default=True, metadata={"help": "Fine-tune with the pretrained vision tower frozen and "
+                                                                 "its features cached (BLIP-2 / SPRC); the Q-Former trains."})
     warmup_steps: int = field(default=15)
     bank_start_step: int = field(default=-1, metadata={"help": "-1: the training arguments' default."})
     eval_every: int = field(default=50)
     target_metric: str = field(default="recall_at_5")
-    target_value: float = field(default=10.0)
-    workers: int = field(default=2)
+    target_value: float = field(default=40.0)
+    workers: int = field(default=1, metadata={"help": "Worker processes (1: every run in this process, 1 thread)."})
     report_only: bool = field(default=False)
 
 
@@ -130,12 +133,12 @@ def _prepare(args: FinetuneArguments) -> dict:
                                                   pairs_per_set=args.pairs_per_set))
     out = _pretrained_dir(args)
     info_file = out / "pretraining.json"
-    key = {k: getattr(args, k) for k in ("preset", "pretrain_pairs", "pretrain_steps", "pretrain_batch_size",
+    key = {k: getattr(args, k) for k in ("preset", "image_size", "pretrain_pairs", "pretrain_steps", "pretrain_batch_size",
                                          "pretrain_learning_rate", "completion_weight", "num_images", "data_seed")}
     if info_file.is_file() and json.loads(info_file.read_text())["key"] == key:
         return json.loads(info_file.read_text())
     torch.manual_seed(0)
-    model, processor = preset_model(args.preset)
+    model, processor = preset_model(args.preset, image_size=args.image_size)
     excluded = load_benchmark_scenes(data_dir)
     pairs = scene_caption_pairs(args.pretrain_pairs, seed=0, image_size=args.image_size, exclude=excluded,
                                 caption_error_rate=0.05)
@@ -193,7 +196,10 @@ def _run(variant: str, seed: int) -> dict:
     settings = CachedRunSettings(
         use_target_captions=captions, bank_strategy=strategy, seed=seed, max_steps=args.max_steps, batch_size=batch,
         learning_rate=args.learning_rate, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
-        output_dir=os.path.join(args.work_dir, "trainer_tmp", f"{variant}_{seed}"), **bank,
+        output_dir=os.path.join(args.work_dir, "trainer_tmp", f"{variant}_{seed}"),
+        # A random tower has nothing to offer frozen: the from-scratch run trains it.
+        freeze_vision=args.freeze_vision and VARIANTS[variant][5],
+        vision_feature_cache="memory" if args.freeze_vision and VARIANTS[variant][5] else "none", **bank,
     )
     model, info = train_cached(None, train, val, settings, initial_model=_start_model(variant, seed))
     final = {k: v for k, v in info["curve"][-1].items() if k != "step"}
@@ -234,7 +240,13 @@ def main(argv: list[str] | None = None) -> dict:
     # Seed-major (every variant's seed 0 first), the expensive batch-64 run last within a seed: an interrupted
     # benchmark still has comparable rows, and --report_only builds the table from whatever finished.
     jobs.sort(key=lambda job: (job[1], VARIANTS[job[0]][3] > 16))
-    if jobs:
+    if jobs and args.workers <= 1:
+        _init_worker(asdict(args))
+        for v, s in tqdm(jobs, desc="fine-tuning runs"):
+            run = {**_run(v, s), "key": key}
+            write_json_atomically(runs_dir / f"{run['variant']}_seed{run['seed']}.json", run, indent=1)
+            runs.append(run)
+    elif jobs:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(asdict(args),)) as pool:
             futures = [pool.submit(_run, v, s) for v, s in jobs]
@@ -351,7 +363,9 @@ def _write_markdown(args: FinetuneArguments, report: dict, path: Path) -> None:
         f"(300 pairs): image→caption R@5 {pre['before']['i2t_recall_at_5']:.1f} → {pre['after']['i2t_recall_at_5']:.1f}, "
         f"caption→image R@5 {pre['before']['t2i_recall_at_5']:.1f} → {pre['after']['t2i_recall_at_5']:.1f}.",
         f"Fine-tuning: `CSMCIRTrainer` on the pre-processed split, {args.max_steps} steps, AdamW lr {args.learning_rate:g} "
-        f"(warm-up {args.warmup_steps}, cosine), from the pretrained temperature; bank = the training "
+        f"(warm-up {args.warmup_steps}, cosine), from the pretrained temperature"
+        + ("; vision tower frozen, its features cached (`vision_feature_cache=memory`), the Q-Former trains"
+           if args.freeze_vision else "; vision tower trained") + "; bank = the training "
         f"arguments' defaults: size {bank['bank_size']}, k {bank['bank_k_min']}..{bank['bank_k_max']}, weight "
         f"{bank['bank_weight']:g}, age decay {bank['bank_age_decay']:g}, max age {bank['bank_max_age']}, from step "
         f"{bank['bank_start_step']}, temperature {'frozen' if bank['freeze_temperature'] else 'learned'}. `entropy_old`: "

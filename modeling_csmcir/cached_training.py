@@ -208,6 +208,10 @@ class CachedRunSettings:
     bank_refresh_every: int = 0
     bank_refresh_size: int = 256
     freeze_temperature: bool = False
+    #: BLIP-2 / SPRC fine-tuning: keep the (pretrained) vision tower fixed, so a step costs only Q-Former passes
+    freeze_vision: bool = False
+    #: ``CSMCIRTrainingArguments.vision_feature_cache`` ("none", "memory", ...); needs ``freeze_vision``
+    vision_feature_cache: str = "none"
     eval_every: int = 0
     output_dir: str = "outputs/cached_run"
 
@@ -230,6 +234,9 @@ def train_cached(
     else:  # a copy, so one pretrained start serves every run of a benchmark
         model = copy.deepcopy(initial_model)
         model.temperature.requires_grad_(True)
+    if settings.freeze_vision:
+        model.config.freeze_vision = True
+        model.vision_model.requires_grad_(False)
     collator = CachedCIRCollator(train, settings.use_target_captions)
     args = CSMCIRTrainingArguments(
         output_dir=settings.output_dir, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
@@ -241,6 +248,7 @@ def train_cached(
         bank_k_max=settings.bank_k_max, bank_age_decay=settings.bank_age_decay, bank_max_age=settings.bank_max_age,
         bank_start_step=settings.bank_start_step, bank_refresh_every=settings.bank_refresh_every,
         bank_refresh_size=settings.bank_refresh_size, freeze_temperature=settings.freeze_temperature, bank_weight=settings.bank_weight,
+        vision_feature_cache=settings.vision_feature_cache,
     )
     callback = _RecallCurveCallback(val, settings.use_target_captions, settings.eval_every if val is not None else 0)
     trainer = CSMCIRTrainer(model=model, args=args, train_dataset=CachedCIRDataset(train), data_collator=collator,

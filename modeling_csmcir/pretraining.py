@@ -237,6 +237,7 @@ def pretrain(
     held_out: SceneCaptionTensors | None = None,
     resume_from_checkpoint: str | None = None,
     processing_class: Any = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> tuple[ITCPretrainer, dict[str, Any]]:
     """Run the ITC stage on `train`; returns the trainer and ``{"before", "after", "train", "final_temperature"}``
     (zero-shot retrieval on `held_out` before and after, when given; the Trainer's train metrics).
@@ -251,7 +252,7 @@ def pretrain(
         report["before"] = zero_shot_retrieval(model, held_out)
     trainer = ITCPretrainer(model=model, args=args, train_dataset=_RowDataset(train),
                             data_collator=SceneCaptionCollator(train, args.completion_mask_rate if args.completion_weight > 0 else 0.0),
-                            processing_class=processing_class)
+                            processing_class=processing_class, callbacks=list(callbacks or []))
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.embeddings.word_embeddings.weight.requires_grad_(True)
     report["train"] = result.metrics
