@@ -1122,6 +1122,8 @@ class GalleryIndex:
             candidates = torch.from_numpy(candidates)
             missing = candidates < 0  # faiss pads a short candidate list with -1
             rows = self.embeddings[candidates.clamp(min=0).to(self.embeddings.device)].float()  # (Q, width, D)
+            if self._mapped is not None:  # the candidates are copied out: hand their pages back (one madvise)
+                self._mapped.release(0, len(self))
             exact = torch.bmm(rows, queries.to(rows.device).unsqueeze(2)).squeeze(2).cpu()
             exact[missing] = float("-inf")
             scores, order = exact.topk(min(top_k, width), dim=1)
@@ -1148,6 +1150,8 @@ class GalleryIndex:
                 position = torch.cat([position, torch.full((pad,), -1, dtype=position.dtype, device=position.device)])
             best_scores.append(score.cpu())
             best_positions.append(position.cpu())
+        if self._mapped is not None:
+            self._mapped.release(0, len(self))
         return torch.stack(best_scores), torch.stack(best_positions)
 
     # ---------------------------------------------------------------------------------------------------------- hits
