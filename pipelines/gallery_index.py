@@ -1121,9 +1121,10 @@ class GalleryIndex:
             _, candidates = self._faiss_index.search(np.ascontiguousarray(queries.cpu().numpy()), width)
             candidates = torch.from_numpy(candidates)
             missing = candidates < 0  # faiss pads a short candidate list with -1
-            rows = self.embeddings[candidates.clamp(min=0).to(self.embeddings.device)].float()  # (Q, width, D)
-            if self._mapped is not None:  # the candidates are copied out: hand their pages back (one madvise)
-                self._mapped.release(0, len(self))
+            if self._mapped is not None:  # only the candidate rows are read from the map
+                rows = self._mapped.gather(candidates.clamp(min=0)).float()
+            else:
+                rows = self.embeddings[candidates.clamp(min=0).to(self.embeddings.device)].float()  # (Q, width, D)
             exact = torch.bmm(rows, queries.to(rows.device).unsqueeze(2)).squeeze(2).cpu()
             exact[missing] = float("-inf")
             scores, order = exact.topk(min(top_k, width), dim=1)
@@ -1141,7 +1142,8 @@ class GalleryIndex:
         best_scores, best_positions = [], []
         for row in range(queries.shape[0]):
             items = torch.unique(candidates[row]).to(self.embeddings.device)
-            item_scores = token_scores(queries[row : row + 1], self.embeddings[items])[0]
+            stored = self._mapped.gather(items) if self._mapped is not None else self.embeddings[items]
+            item_scores = token_scores(queries[row : row + 1], stored)[0]
             order = item_scores.topk(min(top_k, items.numel())).indices
             score, position = item_scores[order], items[order]
             if position.numel() < top_k:  # an approximate index found fewer distinct items: pad as faiss does
@@ -1150,8 +1152,6 @@ class GalleryIndex:
                 position = torch.cat([position, torch.full((pad,), -1, dtype=position.dtype, device=position.device)])
             best_scores.append(score.cpu())
             best_positions.append(position.cpu())
-        if self._mapped is not None:
-            self._mapped.release(0, len(self))
         return torch.stack(best_scores), torch.stack(best_positions)
 
     # ---------------------------------------------------------------------------------------------------------- hits

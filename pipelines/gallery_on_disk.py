@@ -50,6 +50,8 @@ SAFETENSORS_DTYPES = {
 _TAG_OF_DTYPE = {torch_dtype: tag for tag, (torch_dtype, _) in SAFETENSORS_DTYPES.items()}
 #: Bytes of rows a streaming pass (search, digest, copy) maps in before handing the pages back.
 STREAM_BLOCK_BYTES = 64 << 20
+#: Rows `MappedEmbeddings.gather` copies between two page hand-backs (at most ~64 KiB mapped per row: 32 MiB).
+GATHER_ROWS = 512
 _HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
 
 
@@ -196,6 +198,18 @@ class MappedEmbeddings:
         last = min(len(self._map), self.data_start + stop_row * self.row_bytes)
         first -= first % mmap.PAGESIZE
         self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def gather(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows at `positions` (any shape of int64 row numbers), copied out of the map `GATHER_ROWS` at a time with
+        the map's pages handed back after each group. The kernel maps in page-cache pages around each fault
+        (fault-around, up to 64 KiB), so copying rows at random touches far more resident memory than their bytes;
+        grouping bounds that to a group's worth."""
+        flat = positions.reshape(-1)
+        out = torch.empty((flat.numel(), *self.tensor.shape[1:]), dtype=self.tensor.dtype)
+        for start in range(0, flat.numel(), GATHER_ROWS):
+            torch.index_select(self.tensor, 0, flat[start : start + GATHER_ROWS], out=out[start : start + GATHER_ROWS])
+            self.release(0, self.tensor.shape[0])
+        return out.view(*positions.shape, *self.tensor.shape[1:])
 
     def blocks(self, rows_per_block: int) -> Iterator[tuple[int, torch.Tensor]]:
         """`(start_row, rows)` over the whole matrix, each block's pages released once the caller moves on."""

@@ -208,3 +208,19 @@ def test_merge_on_disk_without_faiss_equals_merge_and_refuses_mixed_shards(tmp_p
     with pytest.raises(ValueError, match=r"id 5 is in shard 0 and in shard 1.*shards: 0='.*s0', 1='.*clash'"):
         GalleryIndex.merge_on_disk([tmp_path / "s0", tmp_path / "clash"], tmp_path / "out2")
     assert np.isfinite(merged.search(rows[:2], top_k=3).scores.numpy()).all()
+
+
+def test_faiss_candidates_of_a_memory_mapped_index_are_rescored_from_the_map_as_in_memory(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(on_disk, "GATHER_ROWS", 7)  # many gather groups
+    tokens = GalleryIndex(_clustered(400 * 3, 16).reshape(400, 3, 16)).build_faiss("flat")
+    vectors = GalleryIndex(_clustered(400, 16)).build_faiss("ivfpq", nlist=8, pq_m=4)
+    vectors.set_faiss_search_params(rerank=4)
+    queries = _clustered(9, 16, seed=5)
+    for name, index in (("tokens", tokens), ("vectors", vectors)):
+        index.save(tmp_path / name)
+        mapped = GalleryIndex.load(tmp_path / name, mmap=True)
+        mapped.set_faiss_search_params(rerank=index.faiss_config.get("rerank", 0))
+        want, got = index.search(queries, top_k=5), mapped.search(queries, top_k=5)
+        assert mapped.memory_mapped and mapped.backend == "faiss"
+        assert torch.equal(got.positions, want.positions) and torch.equal(got.scores, want.scores), name
