@@ -28,12 +28,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-from PIL import Image
-from transformers import HfArgumentParser
-from transformers.utils import logging
-from transformers.utils.logging import tqdm
+# torch and faiss each load their own OpenMP runtime. With the default (active) wait policy, a pool that just
+# finished spins on its cores for a while, and on a 2-core machine the other pool's next call fights those spinning
+# threads: measured, faiss at batch 16-256 ran 10-100x slower than its own batch-1 and batch-1024 rates. Sleeping
+# idle threads make the two contenders run under the same, fair conditions. Set before torch loads (it reads the
+# variable once); an explicit OMP_WAIT_POLICY in the environment wins, and the tables record the value in effect.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+from transformers.utils import logging  # noqa: E402
+from transformers.utils.logging import tqdm  # noqa: E402
 
 from hub_cards.atomic_files import write_text_atomically
 from pipelines import COMPOSED_IMAGE_RETRIEVAL_TASK, GalleryIndex
@@ -102,22 +109,51 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a.tolist()) & set(e.tolist())) / e.shape[0] for a, e in zip(approximate, exact)]))
 
 
-def machine_limits(gallery: torch.Tensor, threads: int) -> tuple[float, float]:
-    """(read bandwidth in bytes/s, sgemm throughput in flop/s) of this machine at the benchmark's thread count.
+class MachineLimits:
+    """This machine's read bandwidth (bytes/s) and sgemm throughput (flop/s) at the benchmark's thread count,
+    measured *beside* the searches: call :meth:`probe` once per round, interleaved with the contenders, so the bound
+    of each row comes from the same minutes, threads and load as the row (a one-off measurement at the start of a
+    run swung 1.2-6.3 GB/s between tables minutes apart).
 
-    Read bandwidth: bytes of the gallery / time of one `torch.sum` over it (a pure streaming read; median of 5).
-    sgemm: 2·M·N·K / time of a (1024 x 256) @ (256 x 32768) float32 product (median of 5), the shape of one block of
-    a large-batch search. Together they bound any exact search: time ≥ max(bytes / read bandwidth, flops / sgemm).
+    Read bandwidth: bytes of ``tensor`` / time of one ``torch.sum`` over it (a pure streaming read). sgemm: 2·M·N·K /
+    time of a (1024 x D) @ (D x 32768) float32 product, the shape of one block of a large-batch search. Each is the
+    median of the probes since the last :meth:`reset`. Together they bound any exact search: time ≥ max(bytes /
+    read bandwidth, flops / sgemm).
     """
-    torch.set_num_threads(threads)
-    reads = []
-    for _ in range(5):
-        reads.append(timed(lambda: gallery.sum()))
-    a, b = torch.randn(1024, gallery.shape[1]), torch.randn(32768, gallery.shape[1])
-    out = torch.empty(1024, 32768)
-    torch.mm(a, b.T, out=out)
-    gemms = [timed(lambda: torch.mm(a, b.T, out=out)) for _ in range(5)]
-    return gallery.numel() * gallery.element_size() / float(np.median(reads)), 2 * 1024 * 32768 * a.shape[1] / float(np.median(gemms))
+
+    def __init__(self, tensor: torch.Tensor, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.tensor = tensor
+        self.bytes = tensor.numel() * tensor.element_size()
+        dim = tensor.shape[-1]
+        self.a, self.b = torch.randn(1024, dim), torch.randn(32768, dim)
+        self.out = torch.empty(1024, 32768)
+        self.flops = 2 * 1024 * 32768 * dim
+        torch.mm(self.a, self.b.T, out=self.out)  # warm-up: pages of the output buffer
+        self.reset()
+
+    def reset(self) -> None:
+        self.reads: list[float] = []
+        self.gemms: list[float] = []
+
+    def probe(self) -> None:
+        self.reads.append(timed(lambda: self.tensor.sum()))
+        self.gemms.append(timed(lambda: torch.mm(self.a, self.b.T, out=self.out)))
+
+    @property
+    def read_bandwidth(self) -> float:
+        return self.bytes / float(np.median(self.reads))
+
+    @property
+    def sgemm(self) -> float:
+        return self.flops / float(np.median(self.gemms))
+
+
+def omp_note(threads: int) -> str:
+    """What the tables say about the OpenMP conditions the contenders ran under."""
+    return (f"torch and faiss: {threads} OpenMP threads each, `OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}` "
+            "(set by the benchmark before torch loads, unless given: idle threads sleep instead of spinning against "
+            "the other library's pool).")
 
 
 def bench_search(args: GallerySearchBenchmarkArguments, lines: list[str]) -> None:
@@ -185,7 +221,7 @@ def bench_exact(args, lines, gallery, index32, centres, generator) -> None:
     index16 = GalleryIndex(gallery, dtype="float16", normalize=False)
     flat = faiss.IndexFlatIP(args.embed_dim)
     flat.add(gallery.numpy())
-    read_bandwidth, sgemm = machine_limits(gallery, args.threads)
+    limits = MachineLimits(gallery, args.threads)
     bytes32 = gallery.numel() * 4
     methods = {
         "GalleryIndex exact, float32": lambda q: index32.search(q, top_k=args.top_k),
@@ -202,32 +238,38 @@ def bench_exact(args, lines, gallery, index32, centres, generator) -> None:
         rounds = args.rounds if batch_size == 1 else args.batch_rounds
         batch = clustered_embeddings(batch_size, args.embed_dim, centres, generator, args.cluster_noise)
         times: dict[str, list[float]] = {name: [] for name in methods}
+        limits.reset()
         for _ in tqdm(range(rounds), desc=f"exact search, batch {batch_size}"):
             for name, fn in methods.items():
                 times[name].append(timed(lambda: fn(batch)))
+            limits.probe()
         medians = {name: float(np.median(values)) for name, values in times.items()}
         flops = 2.0 * batch_size * gallery.shape[0] * gallery.shape[1]
+        read_bandwidth, sgemm = limits.read_bandwidth, limits.sgemm
         for name in methods:
             stored = bytes32 / 2 if "float16" in name else bytes32
             bound = max(stored / read_bandwidth, flops / sgemm)
             which = "read" if stored / read_bandwidth >= flops / sgemm else "sgemm"
-            rows.append((batch_size, name, medians[name], medians[name] / medians["faiss IndexFlatIP"], bound, which))
+            rows.append((batch_size, name, medians[name], medians[name] / medians["faiss IndexFlatIP"], bound, which,
+                         read_bandwidth, sgemm))
     lines += [
         f"## Exact top-{args.top_k} over {args.num_items:,} x {args.embed_dim} (float32 = {bytes32 / 2**30:.2f} GiB)",
         "",
-        f"Machine limits at {args.threads} threads: read bandwidth **{read_bandwidth / 1e9:.1f} GB/s** (`torch.sum` over the "
-        f"gallery), sgemm **{sgemm / 1e9:.0f} GFLOP/s** ((1024 x {args.embed_dim}) @ ({args.embed_dim} x 32768)). The "
+        f"Machine limits at {args.threads} threads, measured beside every row (one probe per round, interleaved with "
+        "the contenders; median of the batch's rounds): read bandwidth (`torch.sum` over the gallery) and sgemm "
+        f"((1024 x {args.embed_dim}) @ ({args.embed_dim} x 32768)), columns \"read GB/s\" and \"sgemm GFLOP/s\". The "
         "bound of a search is max(bytes stored / read bandwidth, 2·Q·N·D / sgemm) — reading every stored byte once, "
         "or the multiply-adds at sgemm speed; \"limit\" names the larger. Batch 1: median of "
         f"{args.rounds} rounds, larger batches: median of {args.batch_rounds}; contenders interleaved in every round.",
+        omp_note(args.threads),
         f"GalleryIndex and faiss return identical top-{args.top_k} positions on 8 checked queries: **{same_topk}**.",
         "",
-        "| batch | method | ms / batch | ms / query | vs faiss flat | bound (ms) | × bound | limit |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| batch | method | ms / batch | ms / query | vs faiss flat | read GB/s | sgemm GFLOP/s | bound (ms) | × bound | limit |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for batch_size, name, seconds, vs_faiss, bound, which in rows:
+    for batch_size, name, seconds, vs_faiss, bound, which, read_bandwidth, sgemm in rows:
         lines.append(f"| {batch_size} | {name} | {seconds * 1e3:.1f} | {seconds * 1e3 / batch_size:.2f} | {vs_faiss:.2f}x | "
-                     f"{bound * 1e3:.1f} | {seconds / bound:.2f}x | {which} |")
+                     f"{read_bandwidth / 1e9:.1f} | {sgemm / 1e9:.0f} | {bound * 1e3:.1f} | {seconds / bound:.2f}x | {which} |")
     single = {name: seconds for b, name, seconds, *_ in rows if b == 1}
     worst = max(v for b, name, s, v, *_ in rows if name == "GalleryIndex exact, float32")
     lines += [
@@ -342,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         bench_build(args, body)
     record.finish()
     lines = ["# Gallery search benchmark", "", *record.header_lines(),
-             f"faiss {faiss.__version__} with {args.threads} OpenMP threads. CPU only.", "", *body]
+             f"faiss {faiss.__version__}. {omp_note(args.threads)} CPU only.", "", *body]
     build_note = (" — worst for models made of many small ops (the Q-Former), which is why the 1-thread build rows "
                   "are the fairer picture of the Q-Former's share of the work") if "build" in sections else ""
     lines += [
@@ -350,9 +392,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Above the core count, other jobs' threads compete with ours: absolute times stretch, and every "
         f"multi-threaded op pays for threads waiting at its barrier{build_note}. torch and faiss each bring their "
-        "own OpenMP pool; run back to back on 2 cores, one pool's spin-waiting threads can slow the other, so "
-        "compare with `OMP_WAIT_POLICY=PASSIVE` when a ratio looks implausible. Contenders run in interleaved "
-        "rounds, so their ratios are comparable even when absolute times are not.",
+        "own OpenMP pool; run back to back on 2 cores, one pool's spin-waiting threads slow the other, which is why "
+        "the benchmark runs with `OMP_WAIT_POLICY=PASSIVE` unless told otherwise (recorded above). Contenders run in "
+        "interleaved rounds, so their ratios are comparable even when absolute times are not.",
         "",
     ]
     text = "\n".join(lines) + "\n"

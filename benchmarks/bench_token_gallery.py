@@ -17,14 +17,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import torch
-from transformers import HfArgumentParser
+# As in bench_gallery_search.py: torch's and faiss's OpenMP pools must not spin against each other (set before torch
+# loads; an explicit value in the environment wins; the table records it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from hub_cards.atomic_files import write_text_atomically
-from pipelines.gallery_index import GalleryIndex
+import torch  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from hub_cards.atomic_files import write_text_atomically  # noqa: E402
+from pipelines.gallery_index import GalleryIndex  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gallery_search import machine_limits  # noqa: E402
+from bench_gallery_search import MachineLimits, omp_note  # noqa: E402
 from run_record import RunRecord  # noqa: E402
 
 
@@ -73,15 +77,18 @@ def main(argv: list[str] | None = None) -> str:
         contenders[f"{args.tokens} tokens, faiss flat + exact rescoring"] = GalleryIndex(tokens, normalize=False).build_faiss("flat")
     except ImportError:
         pass
-    read_bandwidth, sgemm = machine_limits(contenders[f"{args.tokens} tokens, float32"].embeddings, args.threads)
+    limits = MachineLimits(contenders[f"{args.tokens} tokens, float32"].embeddings, args.threads)
     del tokens
     rows = []
     for batch_size in [int(v) for v in args.batch_sizes.split(",")]:
         queries = torch.randn(batch_size, args.embed_dim, generator=generator)
         times: dict[str, list[float]] = {name: [] for name in contenders}
+        limits.reset()
         for _ in range(args.rounds if batch_size == 1 else args.batch_rounds):
             for name, index in contenders.items():
                 times[name].append(_timed(lambda: index.search(queries, top_k=args.top_k)))
+            limits.probe()  # the bound beside the row: same minutes, threads and load
+        read_bandwidth, sgemm = limits.read_bandwidth, limits.sgemm
         base = _median(times["single vector, float32"])
         for name, index in contenders.items():
             stored = index.embeddings.element_size() * index.embeddings.numel()
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
             bound = max(stored / read_bandwidth, flops / sgemm)
             which = "read" if stored / read_bandwidth >= flops / sgemm else "sgemm"
             median = _median(times[name])
-            rows.append((batch_size, name, stored, median, median / base, bound, which))
+            rows.append((batch_size, name, stored, median, median / base, bound, which, read_bandwidth, sgemm))
     record.finish()
 
     lines = [
@@ -99,17 +106,18 @@ def main(argv: list[str] | None = None) -> str:
         *record.header_lines(),
         f"Gallery: {args.num_items:,} items × {args.tokens} tokens × {args.embed_dim}-d random unit features; "
         f"top-{args.top_k}; batch 1: median of {args.rounds} interleaved rounds, larger batches: median of "
-        f"{args.batch_rounds}. Machine limits at {args.threads} threads: read bandwidth {read_bandwidth / 1e9:.1f} GB/s, "
-        f"sgemm {sgemm / 1e9:.0f} GFLOP/s (measured as in `bench_gallery_search.py`); bound = max(bytes stored / "
-        "read bandwidth, 2·Q·N·K·D / sgemm).",
+        f"{args.batch_rounds}. Machine limits at {args.threads} threads, measured beside every row as in "
+        "`bench_gallery_search.py` (one read-bandwidth and one sgemm probe per round, interleaved; median of the "
+        "batch's rounds); bound = max(bytes stored / read bandwidth, 2·Q·N·K·D / sgemm). " + omp_note(args.threads),
         "",
-        "| batch | gallery | stored MB | ms / batch | ms / query | × single vector | bound (ms) | × bound | limit |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| batch | gallery | stored MB | ms / batch | ms / query | × single vector | read GB/s | sgemm GFLOP/s | bound (ms) | × bound | limit |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for batch_size, name, stored, median, vs_single, bound, which in rows:
+    for batch_size, name, stored, median, vs_single, bound, which, read_bandwidth, sgemm in rows:
         lines.append(
             f"| {batch_size} | {name} | {stored / 2**20:,.0f} | {median * 1e3:.1f} | {median * 1e3 / batch_size:.2f} | "
-            f"{vs_single:.1f}× | {bound * 1e3:.1f} | {median / bound:.2f}x | {which} |"
+            f"{vs_single:.1f}× | {read_bandwidth / 1e9:.1f} | {sgemm / 1e9:.0f} | {bound * 1e3:.1f} | "
+            f"{median / bound:.2f}x | {which} |"
         )
     lines += [
         "",
