@@ -50,8 +50,6 @@ SAFETENSORS_DTYPES = {
 _TAG_OF_DTYPE = {torch_dtype: tag for tag, (torch_dtype, _) in SAFETENSORS_DTYPES.items()}
 #: Bytes of rows a streaming pass (search, digest, copy) maps in before handing the pages back.
 STREAM_BLOCK_BYTES = 64 << 20
-#: Rows `MappedEmbeddings.gather` copies between two page hand-backs (at most ~64 KiB mapped per row: 32 MiB).
-GATHER_ROWS = 512
 _HEADER_LIMIT = 100 << 20  # safetensors' own limit on the JSON header
 
 
@@ -179,8 +177,8 @@ class MappedEmbeddings:
                 f"MappedEmbeddings: {self.path!r} is truncated: {file_size} bytes, but its header needs "
                 f"{self.data_start + count * item_size} (shape {shape}, {entry['dtype']}); copy or save it again"
             )
-        with open(self.path, "rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - kept open: `gather` reads rows with preadv
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         array = np.frombuffer(self._map, dtype=numpy_dtype, count=count, offset=self.data_start).reshape(shape)
         tensor = torch.from_numpy(array)
         self.tensor = tensor.view(torch_dtype) if torch_dtype == torch.bfloat16 else tensor
@@ -200,15 +198,27 @@ class MappedEmbeddings:
         self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def gather(self, positions: torch.Tensor) -> torch.Tensor:
-        """Rows at `positions` (any shape of int64 row numbers), copied out of the map `GATHER_ROWS` at a time with
-        the map's pages handed back after each group. The kernel maps in page-cache pages around each fault
-        (fault-around, up to 64 KiB), so copying rows at random touches far more resident memory than their bytes;
-        grouping bounds that to a group's worth."""
-        flat = positions.reshape(-1)
+        """Rows at `positions` (any shape of int64 row numbers), read from the file with `os.preadv` into a new
+        tensor, not through the map: a fault on the map makes the kernel map in a whole page-cache folio around the
+        row (64 KiB of fault-around, or a large folio of up to 2 MiB), so touching a few thousand random rows would
+        make most of the file resident. Runs of consecutive rows are read in one call."""
+        flat = positions.reshape(-1).cpu()
         out = torch.empty((flat.numel(), *self.tensor.shape[1:]), dtype=self.tensor.dtype)
-        for start in range(0, flat.numel(), GATHER_ROWS):
-            torch.index_select(self.tensor, 0, flat[start : start + GATHER_ROWS], out=out[start : start + GATHER_ROWS])
-            self.release(0, self.tensor.shape[0])
+        if flat.numel():
+            order = torch.argsort(flat)
+            rows = flat[order].tolist()
+            buffer = memoryview(out.view(torch.uint8).numpy()).cast("B")
+            # Rows in file order; a run of consecutive rows (and repeats of one row) becomes one preadv call.
+            run_start = 0
+            for end in range(1, len(rows) + 1):
+                if end < len(rows) and rows[end] - rows[end - 1] in (0, 1) and rows[end] - rows[run_start] == end - run_start:
+                    continue
+                targets = [buffer[int(slot) * self.row_bytes : (int(slot) + 1) * self.row_bytes]
+                           for slot in order[run_start:end].tolist()]
+                got = os.preadv(self._file.fileno(), targets, self.data_start + rows[run_start] * self.row_bytes)
+                if got != len(targets) * self.row_bytes:
+                    raise ValueError(f"MappedEmbeddings: {self.path!r} ended while reading row {rows[run_start]}")
+                run_start = end
         return out.view(*positions.shape, *self.tensor.shape[1:])
 
     def blocks(self, rows_per_block: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -210,9 +210,16 @@ def test_merge_on_disk_without_faiss_equals_merge_and_refuses_mixed_shards(tmp_p
     assert np.isfinite(merged.search(rows[:2], top_k=3).scores.numpy()).all()
 
 
-def test_faiss_candidates_of_a_memory_mapped_index_are_rescored_from_the_map_as_in_memory(tmp_path, monkeypatch):
+def test_gather_reads_the_rows_at_any_positions(tmp_path):
+    matrix = _clustered(50, 8)
+    save_file({"embeddings": matrix}, tmp_path / "rows.safetensors", metadata={"format": "pt"})
+    mapped = MappedEmbeddings(tmp_path / "rows.safetensors")
+    positions = torch.tensor([[3, 4, 5, 5, 0], [49, 48, 10, 11, 3]])
+    assert torch.equal(mapped.gather(positions), matrix[positions])
+
+
+def test_faiss_candidates_of_a_memory_mapped_index_are_rescored_from_the_file_as_in_memory(tmp_path):
     pytest.importorskip("faiss")
-    monkeypatch.setattr(on_disk, "GATHER_ROWS", 7)  # many gather groups
     tokens = GalleryIndex(_clustered(400 * 3, 16).reshape(400, 3, 16)).build_faiss("flat")
     vectors = GalleryIndex(_clustered(400, 16)).build_faiss("ivfpq", nlist=8, pq_m=4)
     vectors.set_faiss_search_params(rerank=4)
