@@ -57,8 +57,21 @@ def pixel_checksums(pixel_values: torch.Tensor) -> torch.Tensor:
     """``(B, 2)`` float64 per image: the sum of its pixels and a position-weighted sum (a cheap fingerprint; any
     resize, crop, flip or colour change moves at least one of them)."""
     flat = pixel_values.detach().reshape(pixel_values.shape[0], -1).double()
-    weights = torch.linspace(1.0, 2.0, flat.shape[1], dtype=torch.float64, device=flat.device)
-    return torch.stack([flat.sum(dim=1), flat @ weights], dim=1).cpu()
+    return torch.stack([flat.sum(dim=1), flat @ _checksum_weights(flat.shape[1], flat.device)], dim=1).cpu()
+
+
+_CHECKSUM_WEIGHTS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _checksum_weights(length: int, device: torch.device) -> torch.Tensor:
+    """``linspace(1, 2, length)`` in float64, built once per (length, device): every training step checksums two
+    batches of images of the same size."""
+    key = (length, device)
+    if key not in _CHECKSUM_WEIGHTS:
+        if len(_CHECKSUM_WEIGHTS) > 16:
+            _CHECKSUM_WEIGHTS.clear()
+        _CHECKSUM_WEIGHTS[key] = torch.linspace(1.0, 2.0, length, dtype=torch.float64, device=device)
+    return _CHECKSUM_WEIGHTS[key]
 
 
 class VisionFeatureCache:
@@ -100,7 +113,10 @@ class VisionFeatureCache:
     def _bind(self, model: torch.nn.Module) -> None:
         # Hashing every weight costs seconds for ViT-g: redo it only when a vision tensor was replaced or written in
         # place (its storage or its in-place version counter moved).
-        state = tuple((t.data_ptr(), t._version) for t in model.vision_model.state_dict().values())
+        # `parameters()` + `buffers()`, not `state_dict()`: the same tensors, without building a 500-entry ordered
+        # dict of prefixed names on every call (two calls per training step).
+        tower = model.vision_model
+        state = tuple((t.data_ptr(), t._version) for tensors in (tower.parameters(), tower.buffers()) for t in tensors)
         if self.identity is not None and state == self._tower_state:
             return
         self._tower_state = state
