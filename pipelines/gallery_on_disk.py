@@ -203,22 +203,24 @@ class MappedEmbeddings:
         row (64 KiB of fault-around, or a large folio of up to 2 MiB), so touching a few thousand random rows would
         make most of the file resident. Runs of consecutive rows are read in one call."""
         flat = positions.reshape(-1).cpu()
-        out = torch.empty((flat.numel(), *self.tensor.shape[1:]), dtype=self.tensor.dtype)
-        if flat.numel():
-            order = torch.argsort(flat)
-            rows = flat[order].tolist()
-            buffer = memoryview(out.view(torch.uint8).numpy()).cast("B")
-            # Rows in file order; a run of consecutive rows (and repeats of one row) becomes one preadv call.
-            run_start = 0
-            for end in range(1, len(rows) + 1):
-                if end < len(rows) and rows[end] - rows[end - 1] in (0, 1) and rows[end] - rows[run_start] == end - run_start:
-                    continue
-                targets = [buffer[int(slot) * self.row_bytes : (int(slot) + 1) * self.row_bytes]
-                           for slot in order[run_start:end].tolist()]
-                got = os.preadv(self._file.fileno(), targets, self.data_start + rows[run_start] * self.row_bytes)
-                if got != len(targets) * self.row_bytes:
-                    raise ValueError(f"MappedEmbeddings: {self.path!r} ended while reading row {rows[run_start]}")
-                run_start = end
+        unique, inverse = torch.unique(flat, return_inverse=True)  # sorted: file order
+        rows = torch.empty((unique.numel(), *self.tensor.shape[1:]), dtype=self.tensor.dtype)
+        if unique.numel():
+            if int(unique[0]) < 0 or int(unique[-1]) >= self.tensor.shape[0]:
+                raise IndexError(f"MappedEmbeddings.gather: rows must lie in [0, {self.tensor.shape[0]})")
+            buffer = memoryview(rows.view(torch.uint8).numpy()).cast("B")
+            # One preadv per run of consecutive rows.
+            breaks = (torch.nonzero(unique[1:] - unique[:-1] != 1).squeeze(1) + 1).tolist()
+            starts = [0, *breaks]
+            stops = [*breaks, unique.numel()]
+            first_rows = unique[starts].tolist()
+            for start, stop, row in zip(starts, stops, first_rows):
+                size = (stop - start) * self.row_bytes
+                got = os.preadv(self._file.fileno(), [buffer[start * self.row_bytes : stop * self.row_bytes]],
+                                self.data_start + row * self.row_bytes)
+                if got != size:
+                    raise ValueError(f"MappedEmbeddings: {self.path!r} ended while reading row {row}")
+        out = rows[inverse]
         return out.view(*positions.shape, *self.tensor.shape[1:])
 
     def blocks(self, rows_per_block: int) -> Iterator[tuple[int, torch.Tensor]]:
