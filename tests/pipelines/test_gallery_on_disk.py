@@ -231,3 +231,14 @@ def test_faiss_candidates_of_a_memory_mapped_index_are_rescored_from_the_file_as
         want, got = index.search(queries, top_k=5), mapped.search(queries, top_k=5)
         assert mapped.memory_mapped and mapped.backend == "faiss"
         assert torch.equal(got.positions, want.positions) and torch.equal(got.scores, want.scores), name
+
+
+def test_faiss_notes_about_on_disk_lists_go_to_stderr_not_stdout(tmp_path, capfd):
+    # csmcir-search writes its results on stdout: faiss' C++ prints there ("resizing ...", "updating ondisk filename").
+    pytest.importorskip("faiss")
+    rows = _clustered(2400, 16)
+    trained = train_faiss(rows, kind="ivf", nlist=16, normalize=False)
+    GalleryIndex.merge_on_disk(_shards(tmp_path, rows, trained), tmp_path / "merged")
+    GalleryIndex.load(tmp_path / "merged").search(rows[:2], top_k=3)
+    captured = capfd.readouterr()
+    assert captured.out == "" and "ondisk filename" in captured.err
