@@ -100,11 +100,27 @@ def main(argv: list[str] | None = None) -> str:
             trainers[name] = trainer
         times: dict[str, list[float]] = {name: [] for name in contenders}
         losses: dict[str, list[float]] = {name: [] for name in contenders}
+        # Time inside the cache (lookups, checksums, stores, and on misses the tower itself) per epoch: in later
+        # epochs every image hits, so this is the cache's own cost, and what is left of the epoch is the work no
+        # cache can remove (text and Q-Former forward + backward, projections, optimizer, data loading).
+        in_cache: dict[str, list[float]] = {name: [] for name in contenders}
+        spent = [0.0]
+        for trainer in trainers.values():
+            cache = trainer.vision_feature_cache
+            if cache is not None:
+                def timed_image_embeds(*a, _inner=cache.image_embeds, **k):
+                    start = time.perf_counter()
+                    try:
+                        return _inner(*a, **k)
+                    finally:
+                        spent[0] += time.perf_counter() - start
+                cache.image_embeds = timed_image_embeds
         for epoch in range(args.epochs):
             for name, trainer in trainers.items():
                 trainer.model.train()
                 torch.manual_seed(args.seed + epoch)  # the same dropout masks for every contender
                 loader = trainer.get_train_dataloader()
+                spent[0] = 0.0
                 start = time.perf_counter()
                 for batch in loader:
                     losses[name].append(float(trainer.training_step(trainer.model, batch)))
@@ -113,11 +129,14 @@ def main(argv: list[str] | None = None) -> str:
                 if trainer.vision_feature_cache is not None:
                     trainer.vision_feature_cache.flush()
                 times[name].append(time.perf_counter() - start)
+                in_cache[name].append(spent[0])
                 print(f"epoch {epoch + 1} {name}: {times[name][-1]:.1f} s", flush=True)
         same_losses = all(values == losses["no cache"] for values in losses.values())
     record.finish()
 
     later = {name: statistics.median(values[1:]) if len(values) > 1 else float("nan") for name, values in times.items()}
+    later_cache = {name: statistics.median(values[1:]) if len(values) > 1 else float("nan")
+                   for name, values in in_cache.items()}
     lines = [
         "# Frozen-vision feature cache: epoch time with and without",
         "",
@@ -128,15 +147,25 @@ def main(argv: list[str] | None = None) -> str:
         "epoch by epoch. Each epoch: `training_step` + optimizer step over every batch (bank off).",
         f"Losses of every step identical across contenders: **{same_losses}**.",
         "",
-        "| contender | epoch 1 (s) | later epochs, median (s) | later epochs vs no cache |",
-        "|---|---:|---:|---:|",
+        "| contender | epoch 1 (s) | later epochs, median (s) | later epochs vs no cache | in the cache, later epochs (s) | "
+        "ceiling: no cache / (later - in the cache) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name in contenders:
-        lines.append(f"| {name} | {times[name][0]:.2f} | {later[name]:.2f} | {later['no cache'] / later[name]:.1f}x faster |")
+        if contenders[name] == "none":
+            cache_cells = "— | —"
+        else:
+            rest = later[name] - later_cache[name]
+            cache_cells = f"{later_cache[name]:.3f} | {later['no cache'] / rest:.2f}x"
+        lines.append(f"| {name} | {times[name][0]:.2f} | {later[name]:.2f} | {later['no cache'] / later[name]:.2f}x faster | "
+                     f"{cache_cells} |")
     lines += [
         "",
-        "Goal (issue 20): ≥ 5x faster epochs after the first. What remains in a cached epoch is the Q-Former "
-        "(forward + backward, both sides), the projections and the optimizer step.",
+        "Goal (issue 20): ≥ 5x faster epochs after the first. \"In the cache\" is the time spent inside "
+        "`VisionFeatureCache.image_embeds` (id lookups, pixel checksums, reading the stored features); the rest of a "
+        "cached epoch is work no cache removes — the text and Q-Former forward + backward (both sides), the "
+        "projections, the optimizer step and data loading — and the last column is the speed-up a cache costing "
+        "nothing would give: the ceiling this model's shapes allow.",
         "",
     ]
     text = "\n".join(lines)
