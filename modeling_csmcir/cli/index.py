@@ -18,6 +18,12 @@ same model, same captions or none) encodes nothing.
 
 With ``--captions`` every target is encoded with its caption (the symmetric tower); without, image-only targets.
 Ids are the image names (as in the caption file).
+
+Galleries larger than memory: ``--on_disk`` merges the parts with ``GalleryIndex.merge_on_disk`` (rows copied block
+by block from the parts' memory-mapped files; open the result with ``GalleryIndex.load(path, mmap=True)`` or
+``csmcir-search --mmap``), and ``--faiss_trained DIR`` (an IVF / IVF-PQ index trained once on a sample:
+``train_faiss(sample).save(DIR)``) makes every part fill that index, so the merged index searches it — with
+``--on_disk`` its inverted lists are merged into one ``gallery_faiss.ivfdata`` file that is mapped, not read.
 """
 
 from __future__ import annotations
@@ -92,11 +98,20 @@ class IndexingArguments:
     batch_size: int = field(default=32, metadata={"help": "Images per forward pass."})
     part_size: int = field(default=512, metadata={"help": "Items per saved part (the unit of resuming)."})
     dtype: str = field(default="float32", metadata={"help": "Index storage dtype: float32, float16 or bfloat16."})
+    on_disk: bool = field(default=False, metadata={"help": "Merge the parts on disk (GalleryIndex.merge_on_disk): rows "
+                                                           "copied block by block, never all in memory; faiss lists "
+                                                           "merged into one mapped .ivfdata file."})
+    faiss_trained: str | None = field(default=None, metadata={"help": "A trained IVF / IVF-PQ index (a folder "
+                                                                      "TrainedFaiss.save wrote): every part fills it "
+                                                                      "and the merged index searches it."})
 
     def __post_init__(self):
         for name in ("batch_size", "part_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        if self.faiss_trained is not None and not Path(self.faiss_trained).is_dir():
+            raise ValueError(f"--faiss_trained {self.faiss_trained}: no such folder (write one with train_faiss(...)"
+                             ".save(folder))")
 
 
 def parts_dir(output_dir: str | os.PathLike) -> Path:
@@ -193,12 +208,15 @@ def _load_part_images(records: list[ImageRecord]) -> list[Any]:
 
 def build_parts(retriever: Any, records: list[ImageRecord], captions: list[str] | None, output_dir: str | os.PathLike,
                 shard: ProcessShard, *, part_size: int = 512, batch_size: int = 32, dtype: str = "float32",
-                on_part_end: Any = None, show_progress: bool = True) -> list[str]:
+                faiss_trained: str | os.PathLike | None = None, on_part_end: Any = None,
+                show_progress: bool = True) -> list[str]:
     """Encode and save this process's missing parts of the gallery under ``parts_dir(output_dir)``.
 
     Parts are ``sharding.part_ranges(len(records), part_size)``; this process takes its contiguous block of them
     (``shard.split``). Each part is ``retriever.build_index(images, captions=..., ids=names)`` saved into a staging
-    folder that is renamed onto ``part-i-of-n`` when complete. Returns the names of the parts this call built.
+    folder that is renamed onto ``part-i-of-n`` when complete; with ``faiss_trained`` (a ``TrainedFaiss`` folder)
+    each part also fills that trained IVF / IVF-PQ index (``build_faiss(trained=...)``), so the parts' faiss indexes
+    merge exactly. Returns the names of the parts this call built.
     ``on_part_end(name)`` is called after each part is in place.
     """
     from tqdm.auto import tqdm
@@ -228,6 +246,8 @@ def build_parts(retriever: Any, records: list[ImageRecord], captions: list[str] 
             dtype=dtype,
             show_progress=False,
         )
+        if faiss_trained is not None:
+            index.build_faiss(trained=faiss_trained)
         with atomic_directory(folder / names[i]) as staging:
             index.save(staging)
         built.append(names[i])
@@ -236,8 +256,13 @@ def build_parts(retriever: Any, records: list[ImageRecord], captions: list[str] 
     return built
 
 
-def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None = None) -> GalleryIndex:
+def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None = None,
+                on_disk: bool = False) -> GalleryIndex:
     """Merge every part under ``parts_dir(output_dir)`` (in order, ``GalleryIndex.merge``) into ``output_dir``.
+
+    ``on_disk``: ``GalleryIndex.merge_on_disk`` instead: the same index, written block by block from the parts'
+    memory-mapped rows (the gallery is never in memory; the faiss parts' inverted lists become one ``.ivfdata``
+    file), and returned memory-mapped.
 
     Refused, naming the part: a missing part (some process has not finished), parts of different models (or
     different storage dtypes), ids that are not the gallery's (``records``, when given) in order. On success the
@@ -260,9 +285,14 @@ def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None
             f"{folder}: {len(missing)} of {num_parts} part(s) not built yet ({', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''}); run (or rerun) the processes that build them, then merge"
         )
-    shards = [GalleryIndex.load(folder / name) for name in names]
+    staged = output_dir.with_name(output_dir.name + ".merging")
     try:
-        merged = GalleryIndex.merge(shards)
+        if on_disk:
+            if staged.exists():  # a merge killed mid-way: start it again
+                shutil.rmtree(staged)
+            merged = GalleryIndex.merge_on_disk([folder / name for name in names], staged)
+        else:
+            merged = GalleryIndex.merge([GalleryIndex.load(folder / name) for name in names])
     except ValueError as error:
         text = str(error)
         for position, name in enumerate(names):
@@ -270,7 +300,20 @@ def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None
         raise ValueError(f"{folder}: {text}") from None
     if records is not None and merged.ids != [r.name for r in records]:
         raise ValueError(f"{folder}: the parts' ids are not the gallery's images in order; delete {folder} and rerun")
-    merged.save(output_dir)
+    if on_disk:
+        # merge_on_disk wrote a complete folder beside the output: swap it in whole (files of an older index at
+        # output_dir go with the old folder), then reopen it mapped where it now lives.
+        if output_dir.exists():
+            old = output_dir.with_name(output_dir.name + ".replaced")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(output_dir, old)
+            os.replace(staged, output_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(staged, output_dir)
+        merged = GalleryIndex.load(output_dir, mmap=True, verify=False)
+    else:
+        merged.save(output_dir)
     shutil.rmtree(folder)
     return merged
 
@@ -320,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if shard_args.merge_only:
         records = _gallery(gallery_args)[0] if (gallery_args.image_dir or gallery_args.dataset) else None
         with exclusive_output_lock(lock_path(output_dir, ProcessShard()), what=f"index {str(output_dir)!r}"):
-            merged = merge_parts(output_dir, records)
+            merged = merge_parts(output_dir, records, on_disk=run_args.on_disk)
         summary = {"output_dir": str(output_dir), "merged": True, "items": len(merged)}
         print(json.dumps(summary))
         return summary
@@ -338,14 +381,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps(summary))
             return summary
         built = build_parts(retriever, records, captions, output_dir, shard, part_size=run_args.part_size,
-                            batch_size=run_args.batch_size, dtype=run_args.dtype)
+                            batch_size=run_args.batch_size, dtype=run_args.dtype,
+                            faiss_trained=run_args.faiss_trained)
         summary: dict[str, Any] = {"output_dir": str(output_dir), "process_index": shard.rank,
                                    "num_processes": shard.world_size, "items": len(records), "parts_built": len(built),
                                    "merged": False}
         if shard.single or shard.distributed:
             shard.barrier()
             if shard.is_main:
-                summary["items_in_index"] = len(merge_parts(output_dir, records))
+                summary["items_in_index"] = len(merge_parts(output_dir, records, on_disk=run_args.on_disk))
                 summary["merged"] = True
             shard.barrier()  # nobody exits before the index is complete
     print(json.dumps(summary))

@@ -53,6 +53,9 @@ class SearchArguments:
     top_k: int = field(default=10, metadata={"help": "Hits per query."})
     batch_size: int = field(default=32, metadata={"help": "Queries encoded per forward pass."})
     check_model: bool = field(default=True, metadata={"help": "Refuse an index built by another model."})
+    mmap: bool = field(default=False, metadata={"help": "Map the index's embeddings instead of reading them into "
+                                                        "memory (galleries larger than memory; exact search streams "
+                                                        "the file)."})
     grid_file: str | None = field(default=None, metadata={"help": "Write a PNG grid of the top hits here."})
     grid_queries: int = field(default=8, metadata={"help": "Queries (rows) shown in the grid."})
     grid_top_k: int = field(default=5, metadata={"help": "Hits shown per row of the grid."})
@@ -226,7 +229,7 @@ def search(model_args: ModelArguments, args: SearchArguments) -> dict[str, Any]:
     index_dir = Path(args.index_dir)
     if not index_dir.is_dir():
         raise FileNotFoundError(f"--index_dir {index_dir}: no such folder (build one with csmcir-index)")
-    index = GalleryIndex.load(index_dir)
+    index = GalleryIndex.load(index_dir, mmap=args.mmap)
     image_root = Path(args.image_root) if args.image_root else Path(args.queries).resolve().parent
     if args.image_root and not image_root.is_dir():
         raise FileNotFoundError(f"--image_root {image_root}: no such folder")

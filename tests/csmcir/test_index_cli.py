@@ -118,6 +118,31 @@ def test_independent_jobs_killed_mid_way_resume_and_merge_to_the_same_index(retr
     _assert_same_index(out, one_go)
 
 
+def test_on_disk_merge_with_a_trained_ivf_equals_the_one_go_index(model_dir, gallery, one_go, tmp_path):
+    pytest.importorskip("faiss")
+    from pipelines.gallery_index import train_faiss
+
+    trained = tmp_path / "trained"
+    # One cell (11 rows allow no more): the IVF search is then exact, so it must rank as the one-go index does.
+    train_faiss(one_go.embeddings, kind="ivf", nlist=1, nprobe=1).save(trained)
+    out = tmp_path / "indexes" / "big"
+    index_cli.main(_argv(model_dir, gallery, out, "--limit", "5"))  # an older, smaller index the merge replaces whole
+    summary = index_cli.main(_argv(model_dir, gallery, out, "--on_disk", "--faiss_trained", str(trained)))
+    assert summary["merged"] and summary["items_in_index"] == NUM_IMAGES and summary["parts_built"] == 3
+    assert not index_cli.parts_dir(out).exists() and (out / "gallery_faiss.ivfdata").is_file()
+    assert not any(p.name.endswith((".merging", ".replaced")) for p in out.parent.iterdir())
+    mapped = GalleryIndex.load(out, mmap=True)
+    assert mapped.memory_mapped and mapped.faiss_on_disk
+    assert mapped.ids == one_go.ids and torch.equal(mapped.embeddings, one_go.embeddings)
+    assert mapped.model_identity == one_go.model_identity
+    queries = one_go.embeddings[[0, 5, 9]]
+    expected = one_go.search(queries, top_k=4, backend="torch")
+    for backend in ("faiss", "torch"):
+        got = mapped.search(queries, top_k=4, backend=backend)
+        assert torch.equal(got.positions, expected.positions), backend
+        assert torch.allclose(got.scores, expected.scores, atol=1e-5), backend
+
+
 # ----------------------------------------------------------------------------------------------------- bad input
 
 

@@ -94,6 +94,9 @@ def test_text_only_and_image_only_queries(setup, tmp_path):
     # An image-only query of a gallery image finds that image first (image -> image, score 1).
     assert by_id["by-picture"]["hits"][0]["id"] == gallery_name
     assert abs(by_id["by-picture"]["hits"][0]["score"] - 1.0) < 1e-4
+    # --mmap (the gallery's rows mapped, not read) ranks the same hits with the same scores.
+    mapped = _search(bench, model, index_dir, queries, "--output_file", str(tmp_path / "mapped.jsonl"), "--mmap")
+    assert mapped["results"] == summary["results"]
 
 
 def _cli_error(argv, in_subprocess: bool = False) -> str:
