@@ -676,9 +676,13 @@ class ComposedImageRetrievalPipeline(Pipeline):
         return GalleryIndex(embeddings, ids=item_ids, metadata=metadata_rows, model_identity=identity, dtype=dtype)
 
     @staticmethod
-    def load_index(path: str | os.PathLike, device: str | torch.device = "cpu") -> GalleryIndex:
-        """Load a saved `GalleryIndex` (also available where only the saved pipeline folder's code is importable)."""
-        return GalleryIndex.load(path, device=device)
+    def load_index(path: str | os.PathLike, device: str | torch.device = "cpu", mmap: bool = False) -> GalleryIndex:
+        """Load a saved `GalleryIndex` (also available where only the saved pipeline folder's code is importable).
+
+        `mmap=True` maps its embeddings file instead of reading it (galleries larger than memory: exact search
+        streams the file block by block; see `GalleryIndex.load`). Pass the result as `gallery=`.
+        """
+        return GalleryIndex.load(path, device=device, mmap=mmap)
 
     # ------------------------------------------------------------------------------------------------------ saving
 
