@@ -8,7 +8,13 @@ machine hits all alike):
 * IVF-PQ (`build_faiss(kind="ivfpq")`) with `pq_m` codes of 8 bits per vector, for each nprobe;
 * the sharded build of the same IVF-PQ index: trained once on a sample (`train_faiss`), filled by `--shards`
   `GalleryIndex` shards (`build_faiss(trained=...)`), joined by `GalleryIndex.merge`, checked to return exactly the
-  one-go index's top-10.
+  one-go index's top-10;
+* the same IVF-PQ index on disk (`--on_disk_shards` > 0): the trained index filled by that many shards, each saved as
+  a `GalleryIndex` folder, joined by `GalleryIndex.merge_on_disk` into one folder whose inverted lists are one
+  `gallery_faiss.ivfdata` file; then a fresh process opens it with `GalleryIndex.load(mmap=True)` (vectors and lists
+  memory-mapped, never read whole) and searches it with and without exact rerank (which reads only the candidate
+  rows from the embeddings file), and exactly (the torch kernel streaming the mapped file). Its peak RSS (VmHWM)
+  is the honest "vectors not in RAM" number: the parent's in-memory gallery is not in it.
 
 Gallery vectors: a mixture of Gaussians — `--clusters` centres with i.i.d. N(0, 1) entries, each point its centre
 plus N(0, noise²) per dimension, L2-normalised (uniform random unit vectors have no neighbourhood structure, so
@@ -17,15 +23,21 @@ Memory: the bytes of each serialised faiss index (what it holds in RAM) and the 
 
     .venv/bin/python benchmarks/bench_ivfpq.py                      # writes benchmarks/results/ivfpq.md
     .venv/bin/python benchmarks/bench_ivfpq.py --num_items 20000 --clusters 64 --nlist 64 --output /tmp/ivfpq.md
+    .venv/bin/python benchmarks/bench_ivfpq.py --num_items 100000 --clusters 1024 --nlist 256 --train_size 16384 \
+        --threads 1 --output /tmp/ivfpq-100k.md                     # ~1 minute
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -61,6 +73,10 @@ class IVFPQBenchmarkArguments:
     nprobe: str = field(default="8,32,128", metadata={"help": "comma-separated nprobe values of IVF-PQ"})
     flat_nprobe: str = field(default="8,32", metadata={"help": "comma-separated nprobe values of IVF-Flat"})
     shards: int = field(default=4, metadata={"help": "shards of the sharded IVF-PQ build (0 skips it)"})
+    on_disk_shards: int = field(default=3, metadata={"help": "shards of the on-disk IVF-PQ build (0 skips it)"})
+    on_disk_dir: str = field(
+        default="", metadata={"help": "folder for the on-disk shards and index (default: a temporary folder, removed)"}
+    )
     threads: int = field(default=2, metadata={"help": "torch and faiss threads"})
     seed: int = field(default=0, metadata={"help": "data and training seed"})
     output: str = field(default="benchmarks/results/ivfpq.md", metadata={"help": "results table (markdown)"})
@@ -202,13 +218,97 @@ def main(argv: list[str] | None = None) -> dict:
             "nprobe": merged.faiss_config["nprobe"],
         }
         del merged
+    on_disk = build_and_search_on_disk(args, gallery_rows, queries, exact, trained, nprobes) if args.on_disk_shards else None
     load_after = os.getloadavg()
     total_s = time.perf_counter() - started
-    write_table(args, argv, rows, sharded, rss_data, load_before, load_after, total_s)
-    return {"rows": rows, "sharded": sharded, "load_before": load_before, "load_after": load_after}
+    write_table(args, argv, rows, sharded, rss_data, load_before, load_after, total_s, on_disk)
+    return {"rows": rows, "sharded": sharded, "on_disk": on_disk, "load_before": load_before, "load_after": load_after}
 
 
-def write_table(args, argv, rows, sharded, rss_data, load_before, load_after, total_s) -> None:
+def build_and_search_on_disk(args, gallery_rows, queries, exact, trained, nprobes) -> dict:
+    """Shards saved → `merge_on_disk` → a fresh process searches the mapped folder (see the module docstring)."""
+    root = args.on_disk_dir or tempfile.mkdtemp(prefix="bench-ivfpq-on-disk-")
+    os.makedirs(root, exist_ok=True)
+    try:
+        bounds = np.linspace(0, args.num_items, args.on_disk_shards + 1).astype(int)
+        folders, fill_s = [], []
+        for position, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            tic = time.perf_counter()
+            folder = os.path.join(root, f"shard{position}")
+            GalleryIndex(gallery_rows[a:b], ids=list(range(a, b)), normalize=False).build_faiss(trained=trained).save(folder)
+            fill_s.append(time.perf_counter() - tic)
+            folders.append(folder)
+        tic = time.perf_counter()
+        merged_path = os.path.join(root, "merged")
+        GalleryIndex.merge_on_disk(folders, merged_path, check_model=False)
+        merge_s = time.perf_counter() - tic
+        sizes = {name: os.path.getsize(os.path.join(merged_path, name)) for name in sorted(os.listdir(merged_path))}
+        np.save(os.path.join(root, "queries.npy"), queries.numpy())
+        config = {"index": merged_path, "queries": os.path.join(root, "queries.npy"), "top_k": args.top_k,
+                  "batch": args.batch_queries, "nprobes": nprobes, "rerank": args.rerank, "threads": args.threads,
+                  "output": os.path.join(root, "found.npz")}
+        with open(os.path.join(root, "child.json"), "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--search_child", os.path.join(root, "child.json")],
+                               capture_output=True, text=True, check=False)
+        if child.returncode != 0:
+            raise RuntimeError(f"on-disk search process failed ({child.returncode}):\n{child.stderr[-4000:]}")
+        report = json.loads(child.stdout.strip().splitlines()[-1])
+        found = np.load(config["output"])
+        for row in report["rows"]:
+            row["recall"] = recall_at_k(torch.from_numpy(found[row["key"]]), exact)
+        return {"fill_s": fill_s, "merge_s": merge_s, "sizes": sizes, **report}
+    finally:
+        if not args.on_disk_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def search_child(config_path: str) -> None:
+    """The fresh process of the on-disk row: open memory-mapped, search, report times and memory as one JSON line."""
+    import faiss  # noqa: PLC0415
+
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    torch.set_num_threads(config["threads"])
+    faiss.omp_set_num_threads(config["threads"])
+    queries = torch.from_numpy(np.load(config["queries"]))
+    baseline = _status_mib("VmHWM")
+    tic = time.perf_counter()
+    index = GalleryIndex.load(config["index"], mmap=True, verify=False)
+    open_s = time.perf_counter() - tic
+    after_open = _status_mib("VmRSS")
+    batches = [queries[start : start + config["batch"]] for start in range(0, len(queries), config["batch"])]
+    rows, found = [], {}
+    reranks = [0] + ([config["rerank"]] if config["rerank"] else [])
+    settings = [(nprobe, rerank) for rerank in reranks for nprobe in config["nprobes"]]
+    settings.append((None, None))  # exact, the kernel streaming the mapped file
+    for nprobe, rerank in settings:
+        if nprobe is not None:
+            index.set_faiss_search_params(nprobe=nprobe, rerank=rerank)
+        times, positions = [], []
+        for batch in batches:
+            tic = time.perf_counter()
+            positions.append(index.search(batch, config["top_k"], backend="torch" if nprobe is None else "faiss").positions)
+            times.append(time.perf_counter() - tic)
+        key = "exact" if nprobe is None else f"nprobe{nprobe}_rerank{rerank}"
+        found[key] = torch.cat(positions).numpy()
+        samples = np.asarray(times) * 1e3
+        rows.append({"key": key, "nprobe": nprobe, "rerank": rerank, "batch_ms_p50": float(np.percentile(samples, 50)),
+                     "batch_ms_p95": float(np.percentile(samples, 95)), "peak_rss_mib": _status_mib("VmHWM"),
+                     "rss_anon_mib": _status_mib("RssAnon"), "rss_file_mib": _status_mib("RssFile")})
+    np.savez(config["output"], **found)
+    print(json.dumps({"open_s": open_s, "baseline_peak_mib": baseline, "rss_after_open_mib": after_open, "rows": rows}))
+
+
+def write_table(args, argv, rows, sharded, rss_data, load_before, load_after, total_s, on_disk=None) -> None:
     import faiss  # noqa: PLC0415
 
     command = " ".join(["python", "benchmarks/bench_ivfpq.py", *map(shlex.quote, argv or sys.argv[1:])])
@@ -260,6 +360,37 @@ def write_table(args, argv, rows, sharded, rss_data, load_before, load_after, to
             f"index: **{sharded['identical']}**; recall@{args.top_k} {sharded['recall']:.3f} at nprobe "
             f"{sharded['nprobe']}.",
         ]
+    if on_disk:
+        sizes = on_disk["sizes"]
+        lines += [
+            "",
+            f"## On disk (IVF-PQ m={args.pq_m}, {args.on_disk_shards} shards, vectors not in RAM)",
+            "",
+            f"The trained IVF-PQ index above filled by {args.on_disk_shards} shards, each saved as a `GalleryIndex` "
+            f"folder ({', '.join(f'{s:.1f}' for s in on_disk['fill_s'])} s: fill + save), joined by "
+            f"`GalleryIndex.merge_on_disk` in {on_disk['merge_s']:.1f} s into one folder: "
+            + ", ".join(f"`{name}` {size / 2**20:,.1f} MiB" for name, size in sizes.items())
+            + ". A fresh process opened it with `GalleryIndex.load(path, mmap=True, verify=False)` in "
+            f"{on_disk['open_s'] * 1e3:.0f} ms (RSS after opening {on_disk['rss_after_open_mib']:,.0f} MiB; the "
+            f"process's peak before opening, imports only: {on_disk['baseline_peak_mib']:,.0f} MiB) and searched it; "
+            "peak RSS is the process's VmHWM after each row (cumulative), with its anonymous and file-backed "
+            "(mapped, reclaimable) parts at that point.",
+            "",
+            f"| search | nprobe | recall@{args.top_k} | batch of {args.batch_queries}: p50 (ms) | p95 (ms) | peak RSS (MiB) "
+            "| peak above imports (MiB) | anon / file RSS (MiB) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in on_disk["rows"]:
+            if row["nprobe"] is None:
+                name = "exact (torch kernel streaming the mapped embeddings)"
+            else:
+                name = "IVF-PQ on disk" + (f" + exact rerank of {row['rerank']}k (rows read from the file)" if row["rerank"] else "")
+            lines.append(
+                f"| {name} | {row['nprobe'] if row['nprobe'] is not None else '—'} | {row['recall']:.3f} | "
+                f"{row['batch_ms_p50']:.1f} | {row['batch_ms_p95']:.1f} | {row['peak_rss_mib']:,.0f} | "
+                f"{row['peak_rss_mib'] - on_disk['baseline_peak_mib']:,.0f} | "
+                f"{row['rss_anon_mib']:,.0f} / {row['rss_file_mib']:,.0f} |"
+            )
     text = "\n".join(lines) + "\n" + NOTES_HEADING + "\n" + previous_notes(args.output) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_text_atomically(args.output, text)
@@ -267,4 +398,7 @@ def write_table(args, argv, rows, sharded, rss_data, load_before, load_after, to
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--search_child":
+        search_child(sys.argv[2])
+    else:
+        main()
