@@ -307,6 +307,22 @@ def _write_pending_embeddings(folder: str, shape: tuple[int, ...], dtype: torch.
     return digest, pending
 
 
+def _write_record(folder: str, text: str) -> None:
+    """Replace the folder's JSON record with `text` in one `os.replace`: the switch of a save."""
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    _atomic_write(os.path.join(folder, INDEX_FILE), write_json)
+
+
+def _remove_files(paths: Iterable[str]) -> None:
+    for name in paths:
+        if os.path.exists(name):
+            os.remove(name)
+
+
 def _finish_switch(folder: str, digest: str) -> None:
     """Move the pending files of the save whose JSON (digest `digest`) is in place onto their names: what an
     interrupted save had left to do. On-disk faiss lists must sit under their final name to be read."""
@@ -892,21 +908,10 @@ class GalleryIndex:
                 "faiss": faiss_config,
                 "embeddings_sha256": digest,
             }
-            text = json.dumps(record, ensure_ascii=False)
-
-            def write_json(tmp: str) -> None:
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-
-            _atomic_write(os.path.join(path, INDEX_FILE), write_json)  # the switch
+            _write_record(path, json.dumps(record, ensure_ascii=False))  # the switch
         except BaseException:
-            for pending_path, _ in pending:
-                if os.path.exists(pending_path):
-                    os.remove(pending_path)
-            for name in (FAISS_FILE, IVFDATA_FILE):
-                staged = os.path.join(path, ".staged-" + name)
-                if os.path.exists(staged):
-                    os.remove(staged)
+            _remove_files([pending_path for pending_path, _ in pending]
+                          + [os.path.join(path, ".staged-" + name) for name in (FAISS_FILE, IVFDATA_FILE)])
             raise
         for pending_path, final_path in pending:
             os.replace(pending_path, final_path)
@@ -1345,15 +1350,9 @@ class GalleryIndex:
                 pending.append((_pending_name(path, FAISS_FILE, digest), faiss_path))
                 _atomic_write(pending[-1][0], lambda tmp: faiss.write_index(self._faiss_index, tmp))
 
-            def write_json(tmp: str) -> None:
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-
-            _atomic_write(os.path.join(path, INDEX_FILE), write_json)  # the switch
+            _write_record(path, text)  # the switch
         except BaseException:
-            for pending_path, _ in pending:
-                if os.path.exists(pending_path):
-                    os.remove(pending_path)
+            _remove_files([pending_path for pending_path, _ in pending])
             raise
         for pending_path, final_path in pending:
             os.replace(pending_path, final_path)
