@@ -242,3 +242,50 @@ def test_faiss_notes_about_on_disk_lists_go_to_stderr_not_stdout(tmp_path, capfd
     GalleryIndex.load(tmp_path / "merged").search(rows[:2], top_k=3)
     captured = capfd.readouterr()
     assert captured.out == "" and "ondisk filename" in captured.err
+
+
+def test_a_failed_merge_on_disk_keeps_the_previous_index_and_leaves_no_files(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    import pipelines.gallery_index as gallery_module
+
+    rows = _clustered(2400, 16)
+    trained = train_faiss(rows, kind="ivf", nlist=16, normalize=False)
+    shards = _shards(tmp_path, rows, trained)
+    GalleryIndex(rows[:5], ids=list("abcde")).save(tmp_path / "out")
+
+    def broken_merge(shard_files, index_path, ivfdata_path, ivfdata_name):
+        for name in (index_path, ivfdata_path):
+            with open(name, "wb") as handle:
+                handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gallery_module, "merge_ivf_on_disk", broken_merge)
+    with pytest.raises(OSError, match="disk full"):
+        GalleryIndex.merge_on_disk(shards, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["gallery_embeddings.safetensors", "gallery_index.json"]
+    assert GalleryIndex.load(tmp_path / "out").ids == list("abcde")
+
+
+def test_a_merge_on_disk_stopped_after_its_switch_loads_as_the_new_index(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    rows = _clustered(2400, 16)
+    trained = train_faiss(rows, kind="ivf", nlist=16, nprobe=16, normalize=False)
+    shards = _shards(tmp_path, rows, trained)
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 1-3: data to pending names, 4: the JSON switch, 5-7: pending names onto final ones
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        GalleryIndex.merge_on_disk(shards, tmp_path / "out")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert any(name.endswith(".pending") for name in os.listdir(tmp_path / "out"))
+    index = GalleryIndex.load(tmp_path / "out", mmap=True)  # finishes the switch: the lists must be under their name
+    assert index.faiss_on_disk and len(index) == 2400
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "gallery_embeddings.safetensors", "gallery_faiss.index", "gallery_faiss.ivfdata", "gallery_index.json"]
+    assert index.search(rows[:3], top_k=1).positions.flatten().tolist() == [0, 1, 2]
