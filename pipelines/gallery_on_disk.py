@@ -202,6 +202,8 @@ class MappedEmbeddings:
         tensor, not through the map: a fault on the map makes the kernel map in a whole page-cache folio around the
         row (64 KiB of fault-around, or a large folio of up to 2 MiB), so touching a few thousand random rows would
         make most of the file resident. Runs of consecutive rows are read in one call."""
+        if not hasattr(os, "preadv"):  # e.g. Windows: read through the map
+            return self.tensor[positions.cpu()]
         flat = positions.reshape(-1).cpu()
         unique, inverse = torch.unique(flat, return_inverse=True)  # sorted: file order
         rows = torch.empty((unique.numel(), *self.tensor.shape[1:]), dtype=self.tensor.dtype)
@@ -379,7 +381,7 @@ def _faiss_notes_to_stderr() -> Iterator[None]:
     try:
         libc = ctypes.CDLL(None)
         saved = os.dup(1)
-    except OSError:
+    except (OSError, TypeError):  # no C library handle (e.g. Windows) or no stdout descriptor: leave it be
         yield
         return
     try:
