@@ -985,9 +985,13 @@ class GalleryIndex:
         return SearchResult(scores=scores.float().cpu(), positions=positions.long().cpu())
 
     def _search_mapped(self, queries: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact search over memory-mapped rows: the kernel runs on blocks of about `STREAM_BLOCK_BYTES` (a multiple
-        of its own block size, so it computes the same matrix products as over the whole matrix), each block's pages
-        are handed back before the next, and the blocks' top-k lists are merged. Resident memory: one block."""
+        """Exact search over memory-mapped rows: the kernel runs on blocks of about `STREAM_BLOCK_BYTES`, each block's
+        pages are handed back before the next, and the blocks' top-k lists are merged. Resident memory: one block.
+
+        Where the kernel's own block fits in a stream block (many queries), stream blocks are a multiple of it, so the
+        same matrix products run as over the whole matrix; for a few queries the kernel would scan millions of rows
+        in one product, and the stream block is smaller. Results equal the in-memory search bit for bit in the tests
+        (1, 5 and 70 queries; float32, float16, bfloat16; vector and token rows)."""
         rows = stream_rows(len(self), self._mapped.row_bytes, multiple=block_rows(queries.shape[0], self.tokens_per_item))
         best_scores = best_positions = None
         for start, block in self._mapped.blocks(rows):
