@@ -59,6 +59,11 @@ class ModelArguments:
         default=None, metadata={"help": "Processor folder (default: the model's; the presets' own for --config_name)."}
     )
     image_size: int = field(default=32, metadata={"help": "Image side for --config_name presets."})
+    freeze_vision: bool | None = field(
+        default=None,
+        metadata={"help": "Set the model's config.freeze_vision: true fine-tunes a pretrained vision tower frozen (BLIP-2 / "
+                          "SPRC; pairs with --vision_feature_cache memory), false trains it; default: the model's own."},
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow running code from --model_name_or_path (off unless given)."}
     )
@@ -182,6 +187,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
     # The seed is set before the model is built, so the same --seed gives the same initial weights and the same run.
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args)
+    if model_args.freeze_vision is not None:
+        model.config.freeze_vision = model_args.freeze_vision
+        model.vision_model.requires_grad_(not model_args.freeze_vision)
     use_captions = data_args.use_target_captions
     if use_captions is None:
         use_captions = data_args.captions is not None

@@ -1,5 +1,6 @@
 """The fine-tuning defaults (``CSMCIRTrainingArguments``' bank settings, the README's headline ``csmcir-train``
-command: batch 16, lr 3e-4, entropy bank) do not collapse a tiny run from a pretrained start.
+command: batch 16, lr 3e-4, entropy bank, pretrained vision tower frozen and cached) do not collapse a tiny run
+from a pretrained start, and it learns composed retrieval far above chance.
 
 Collapse, as measured in ``benchmarks/results/csmcir_bank_diagnosis.md``: the bank's detached negatives take over the
 softmax, the shared embedding contracts until every logit ties, and the loss sits at ≈ log(B + k) — above the
@@ -13,7 +14,9 @@ import math
 import pytest
 import torch
 
-from modeling_csmcir.cached_training import CachedCIRSplit, CachedRunSettings, encode_cached, train_cached
+from modeling_csmcir.cached_training import (
+    CachedCIRSplit, CachedRunSettings, encode_cached, evaluate_cached, train_cached,
+)
 from modeling_csmcir.data.synthetic import SyntheticCIRConfig, generate_synthetic_cir, load_benchmark_scenes, scene_caption_pairs
 from modeling_csmcir.presets import preset_model
 from modeling_csmcir.pretraining import SceneCaptionTensors, pretrain
@@ -26,16 +29,14 @@ BATCH = 16
 def start(tmp_path_factory):
     """A tiny CIR benchmark and a briefly ITC-pretrained tiny model (the fine-tuning regime's start)."""
     root = generate_synthetic_cir(SyntheticCIRConfig(output_dir=str(tmp_path_factory.mktemp("cir")), num_images=720,
-                                                     image_size=32, pairs_per_set=3))
+                                                     image_size=48, pairs_per_set=3))
     torch.manual_seed(0)
-    model, processor = preset_model("tiny-scratch")
-    # The benchmark's scenes (2-4 objects); the caption-completion term trains the joint pass the CIR query uses.
-    pairs = scene_caption_pairs(1500, seed=0, image_size=32, min_objects=2, max_objects=5,
-                                exclude=load_benchmark_scenes(root))
+    model, processor = preset_model("tiny-grid", image_size=48)
+    pairs = scene_caption_pairs(1000, seed=0, image_size=48, exclude=load_benchmark_scenes(root))
     args = CSMCIRPretrainingArguments(
-        output_dir=str(tmp_path_factory.mktemp("pre")), max_steps=200, per_device_train_batch_size=32,
-        learning_rate=2e-3, warmup_steps=10, lr_scheduler_type="cosine", report_to="none", save_strategy="no",
-        use_cpu=True, disable_tqdm=True, dataloader_drop_last=True, seed=0, completion_weight=1.0,
+        output_dir=str(tmp_path_factory.mktemp("pre")), max_steps=120, per_device_train_batch_size=32,
+        learning_rate=1e-3, warmup_steps=8, lr_scheduler_type="cosine", report_to="none", save_strategy="no",
+        use_cpu=True, disable_tqdm=True, dataloader_drop_last=True, seed=0,
     )
     pretrain(model, SceneCaptionTensors(pairs, processor), args)
     return root, model, CachedCIRSplit(root, "train", processor), CachedCIRSplit(root, "val", processor)
@@ -45,8 +46,8 @@ def _fine_tune(start, tmp_path, **bank):
     root, model, train, val = start
     defaults = CSMCIRTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     settings = CachedRunSettings(
-        bank_strategy="entropy", max_steps=160, batch_size=BATCH, learning_rate=3e-4, warmup_steps=8, seed=0,
-        output_dir=str(tmp_path / "run"),
+        bank_strategy="entropy", max_steps=100, batch_size=BATCH, learning_rate=3e-4, warmup_steps=5, seed=0,
+        output_dir=str(tmp_path / "run"), freeze_vision=True, vision_feature_cache="memory",
         **{k: getattr(defaults, k) for k in ("bank_size", "bank_k_min", "bank_k_max", "bank_age_decay",
                                               "bank_max_age", "bank_start_step", "bank_weight", "freeze_temperature")},
     )
@@ -56,6 +57,8 @@ def _fine_tune(start, tmp_path, **bank):
     gallery = encode_cached(tuned, val, use_target_captions=True)["gallery"]
     cos = gallery @ gallery.t()
     off_diagonal = (cos.sum() - cos.diagonal().sum()) / (cos.numel() - cos.shape[0])
+    info["val"] = evaluate_cached(tuned, val, use_target_captions=True)
+    info["val_before"] = evaluate_cached(model, val, use_target_captions=True)
     return info, float(off_diagonal)
 
 
@@ -63,11 +66,12 @@ def test_headline_fine_tuning_settings_do_not_collapse(start, tmp_path):
     info, off_diagonal = _fine_tune(start, tmp_path)
     served = [h for h in info["log_history"] if h.get("bank_mean_k", 0) > 0]
     assert served, "the bank never served negatives: the test would not test it"
-    print(info["final_loss"], off_diagonal, [(h["step"], round(h["loss"], 2)) for h in info["log_history"]])
-    # Measured (loaded 2-core machine): these settings end at loss 2.62 with gallery off-diagonal cosine 0.87; the
-    # previous defaults on the same start end at 5.59 ≈ log(16 + 256) with cosine 0.996 (the slow test below).
+    print(info["val_before"]["recall_at_5"], info["val"]["recall_at_5"], info["final_loss"], off_diagonal, [(h["step"], round(h["loss"], 2)) for h in info["log_history"]])
+    # Measured (2-core machine at load ~6): these settings end at loss 2.54 with gallery off-diagonal cosine 0.81, and
+    # val R@5 goes 11.1 -> 37.0 (108-image gallery: chance ≈ 4.6%); the previous defaults collapse (the slow test below).
     # A collapsed run sits at ≈ log(B + k) >= log(B + k_min) = 3.0 with cosine -> 1; chance level is log(B) = 2.77.
     assert info["final_loss"] < math.log(BATCH), info["log_history"]
+    assert info["val"]["recall_at_5"] >= info["val_before"]["recall_at_5"] + 15, (info["val_before"], info["val"])
     assert off_diagonal <= 0.95, off_diagonal
 
 

@@ -66,25 +66,26 @@ def test_text_features_do_not_see_the_image_and_masking_keeps_special_tokens():
 
 
 def test_pretraining_improves_zero_shot_retrieval_on_held_out_scenes(tmp_path):
-    # Seconds at tiny size (ITC alone): 1000 scenes of 1-2 objects, 180 steps of batch 32. Chance R@10 over 200
-    # held-out pairs is 5%, and the untrained tower sits there; asked for: 3x its mean recall and +5 points.
+    # Seconds at tiny size (ITC alone): tiny-grid (48 px, one 16-px patch per grid cell, Q-Former init std 0.1),
+    # 1000 scenes of 1-5 objects, 100 steps of batch 32. Chance R@5 over 200 held-out pairs is 2.5%, and the untrained
+    # tower sits there; asked for: +30 points of R@5 each way (measured: 3.0 / 2.5 -> 52.0 / 48.5).
     torch.manual_seed(0)
-    model, processor = preset_model("tiny-scratch")
-    train_pairs = scene_caption_pairs(1000, seed=0, image_size=32, max_objects=2)
+    model, processor = preset_model("tiny-grid", image_size=48)
+    train_pairs = scene_caption_pairs(1000, seed=0, image_size=48)
     train = SceneCaptionTensors(train_pairs, processor)
-    held = SceneCaptionTensors(scene_caption_pairs(200, seed=0, stream="held-out", image_size=32, max_objects=2,
+    held = SceneCaptionTensors(scene_caption_pairs(200, seed=0, stream="held-out", image_size=48,
                                                    exclude={p["scene"] for p in train_pairs}), processor)
     args = CSMCIRPretrainingArguments(
-        output_dir=str(tmp_path), max_steps=180, per_device_train_batch_size=32, learning_rate=2e-3,
-        warmup_steps=6, lr_scheduler_type="cosine", report_to="none", save_strategy="no", use_cpu=True,
+        output_dir=str(tmp_path), max_steps=100, per_device_train_batch_size=32, learning_rate=1e-3,
+        warmup_steps=4, lr_scheduler_type="cosine", report_to="none", save_strategy="no", use_cpu=True,
         disable_tqdm=True, dataloader_drop_last=True, seed=0,
     )
     _, report = pretrain(model, train, args, held)
     before, after = report["before"], report["after"]
     print(before, after)
-    assert after["mean_recall"] >= max(3 * before["mean_recall"], before["mean_recall"] + 5), (before, after)
     for direction in ("i2t", "t2i"):
-        assert after[f"{direction}_recall_at_10"] >= before[f"{direction}_recall_at_10"] + 5, (before, after)
+        assert before[f"{direction}_recall_at_5"] <= 10, before
+        assert after[f"{direction}_recall_at_5"] >= before[f"{direction}_recall_at_5"] + 30, (before, after)
     assert zero_shot_retrieval(model, held) == after  # the model returned is the one measured
 
 
