@@ -4,8 +4,9 @@ Every image of a split is decoded and pre-processed once (``pixel_values``), eve
 text tokenised once, so a run costs only the model's own compute. Training goes through the real
 ``CSMCIRTrainer`` (memory bank included): :class:`CachedCIRDataset` yields row indices and
 :class:`CachedCIRCollator` turns them into ``forward`` inputs (``pixel_values``, ``target_pixel_values``, ...).
-(Caching frozen vision features instead was tried and dropped: a frozen *random* ViT does not give features a
-from-scratch Q-Former learns from in a CPU budget, so the tiny ViT trains too, as in
+From a pretrained start, ``CachedRunSettings.freeze_vision`` fine-tunes as BLIP-2 / SPRC do: the vision tower fixed
+and its features cached by the trainer (``vision_feature_cache``), so a step costs only Q-Former passes. (A frozen
+*random* ViT gives a from-scratch Q-Former nothing to learn from: from scratch, the tiny ViT trains too, as in
 ``benchmarks/synthetic_cir_difficulty.py``.)
 Evaluation applies the CIRR rc2 protocol (:func:`cir_metrics.cirr_metrics`) to ``model.score(q, g)``.
 

@@ -13,7 +13,7 @@ name                      what it is
                           trains from scratch (a frozen *random* ViT gives the Q-Former nothing to learn from).
 ``small``                 width 64, 2 layers each, 8 query tokens, 64-d embeddings, trainable vision tower: the
                           model of the ablation benchmark and ``csmcir-visualize``.
-``tiny-64px``             the demo's model: 64-px images in 16-px patches (as many patches as ``tiny``), width 64,
+``tiny-64px``             the previous demo's model: 64-px images in 16-px patches (as many patches as ``tiny``), width 64,
                           2+2 layers, 8 query tokens, 64-d, trainable vision tower (``--image_size 64``).
 ``tiny-grid``             the demo's and fine-tuning benchmark's model: 48-px images in 16-px patches, so that each
                           patch is one cell of the synthetic scenes' 3x3 grid (one object per token); width 64,
@@ -101,7 +101,7 @@ PRESETS: dict[str, CSMCIRPreset] = {
         dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
     ),
     "tiny-64px": CSMCIRPreset(
-        "the demo's model: 64-px images in 16-px patches, width 64, 2+2 layers, 8 query tokens, 64-d, trainable vision",
+        "64-px images in 16-px patches, width 64, 2+2 layers, 8 query tokens, 64-d, trainable vision",
         # 16 patches as `tiny`, but of a 64-px image: the synthetic scenes' small objects survive (at 32 px they
         # are ~2 px across). The Q-Former at BERT's init std: measured in benchmarks/synthetic_cir_difficulty.py.
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
