@@ -87,6 +87,13 @@ _TINY_QFORMER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1)
 _TINY_SETTINGS = dict(num_query_tokens=4, embed_dim=32, max_text_length=32, initializer_range=0.1)
 
+#: The width-64 towers of ``tiny-64px`` and ``tiny-grid`` (16-px patches; the image size sets the grid of patches).
+_WIDE_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
+                    initializer_range=0.02)
+_WIDE_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                     cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1)
+_WIDE_SETTINGS = dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False)
+
 PRESETS: dict[str, CSMCIRPreset] = {
     "tiny": CSMCIRPreset("CPU-sized test model: width 32, 2+2 layers, 4 query tokens, 32-d, frozen vision",
                          _TINY_VISION, _TINY_QFORMER, _TINY_SETTINGS),
@@ -104,22 +111,14 @@ PRESETS: dict[str, CSMCIRPreset] = {
         "64-px images in 16-px patches, width 64, 2+2 layers, 8 query tokens, 64-d, trainable vision",
         # 16 patches as `tiny`, but of a 64-px image: the synthetic scenes' small objects survive (at 32 px they
         # are ~2 px across). The Q-Former at BERT's init std: measured in benchmarks/synthetic_cir_difficulty.py.
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
-             initializer_range=0.02),
-        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-             cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.02),
-        dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
+        _WIDE_VISION, {**_WIDE_QFORMER, "initializer_range": 0.02}, _WIDE_SETTINGS,
     ),
     "tiny-grid": CSMCIRPreset(
         "the demo's model: 48-px images in 16-px patches (one per grid cell), width 64, 2+2 layers, 8 query tokens, 64-d",
         # Patches aligned with the synthetic 3x3 grid and the Q-Former at init std 0.1: held-out zero-shot
         # image->caption R@5 94% after 300 ITC steps of batch 64 (~35 CPU-s), where tiny-64px (16-px patches
         # straddling cells, BERT's 0.02) stays at chance for 100 steps (benchmarks/results/finetune_csmcir.md).
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
-             initializer_range=0.02),
-        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-             cross_attention_frequency=1, max_position_embeddings=64, initializer_range=0.1),
-        dict(num_query_tokens=8, embed_dim=64, max_text_length=32, initializer_range=0.1, freeze_vision=False),
+        _WIDE_VISION, _WIDE_QFORMER, _WIDE_SETTINGS,
     ),
     "blip2-vitg": CSMCIRPreset(
         "BLIP-2 ViT-g/14 + 12-layer Q-Former shapes (random weights), for performance runs",
