@@ -4,7 +4,8 @@
    (CEPSUM layout, Chinese).
 2. Pretrain a tiny CSMCIR with `csmcir-pretrain` (BLIP-2 stage-1 image–text contrastive learning on synthetic
    scene/caption pairs, none of them a val/test scene), then fine-tune it for composed retrieval (captioned targets,
-   shared Q-Former, entropy memory bank) with `csmcir-train --model_name_or_path`; train a tiny MMAPS with
+   shared Q-Former, entropy memory bank, vision tower frozen and cached) with `csmcir-train --model_name_or_path`;
+   train a tiny MMAPS with
    `mmaps-train`.
 3. Evaluate both with the official protocols (`csmcir-eval`: CIRR R@K / Rs@K; `mmaps-eval`: CEPSUM ROUGE, BLEU,
    attribute F1).
@@ -102,7 +103,7 @@ def run_csmcir(root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
         *_common_training_flags(pretrained_dir, seed),
     ])
 
-    _banner("CSMCIR 3/5 — fine-tuning CSMCIR from it: captioned targets, shared Q-Former, entropy memory bank")
+    _banner("CSMCIR 3/5 — fine-tuning CSMCIR from it: captioned targets, shared Q-Former, entropy memory bank, frozen vision")
     # BLIP-2 / SPRC fine-tuning: the pretrained vision tower frozen and its features cached after the first epoch
     # (a step costs only Q-Former passes), a small rate at batch 16, the entropy bank at the training arguments'
     # defaults (benchmarks/results/finetune_csmcir.md measures this regime).
