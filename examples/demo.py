@@ -5,8 +5,7 @@
 2. Pretrain a tiny CSMCIR with `csmcir-pretrain` (BLIP-2 stage-1 image–text contrastive learning on synthetic
    scene/caption pairs, none of them a val/test scene), then fine-tune it for composed retrieval (captioned targets,
    shared Q-Former, entropy memory bank, vision tower frozen and cached) with `csmcir-train --model_name_or_path`;
-   train a tiny MMAPS with
-   `mmaps-train`.
+   train a tiny MMAPS with `mmaps-train`.
 3. Evaluate both with the official protocols (`csmcir-eval`: CIRR R@K / Rs@K; `mmaps-eval`: CEPSUM ROUGE, BLEU,
    attribute F1).
 4. Save Hub-ready folders under `outputs/` (weights, config, processor, remote code, custom pipeline, model card).
