@@ -12,7 +12,12 @@
 5. Reload each folder through `pipeline(..., trust_remote_code=True)` in a fresh process that cannot import this
    package, and print a few retrievals and summaries.
 
-Usage: `make demo` or `python -m examples.demo [--quick] [--seed N] [--only csmcir|mmaps] [--output_dir outputs]`
+On a machine with two or more cores the two systems run side by side: MMAPS in a child process on one thread (its
+log is printed when it ends, and kept in `<output_dir>/mmaps_demo.log`), CSMCIR here on the other cores;
+`--sequential` runs them one after the other.
+
+Usage: `make demo` or
+`python -m examples.demo [--quick] [--seed N] [--only csmcir|mmaps] [--sequential] [--output_dir outputs]`
 (measured times and numbers: README, "What `make demo` does").
 Every step calls the same entry points a user runs, so the demo doubles as an end-to-end check.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -52,8 +58,9 @@ class DemoBudget:
 # Retrieval numbers and wall time of this budget: README.
 FULL = DemoBudget(cir_images=6000, cir_pairs_per_set=3, pretrain_pairs=4000, pretrain_steps=300, cir_steps=600,
                   cir_batch_size=16, products=600, mmaps_epochs=20, shown=5)
-QUICK = DemoBudget(cir_images=360, cir_pairs_per_set=2, pretrain_pairs=256, pretrain_steps=8, cir_steps=30,
-                   cir_batch_size=16, products=120, mmaps_epochs=4, shown=3)
+# A smoke run (the fixture of tests/test_readme.py): every folder and file of the full run, at the smallest sizes.
+QUICK = DemoBudget(cir_images=360, cir_pairs_per_set=2, pretrain_pairs=256, pretrain_steps=4, cir_steps=12,
+                   cir_batch_size=16, products=120, mmaps_epochs=1, shown=3)
 #: The demo's model: 48-px images, one 16-px patch per cell of the synthetic scenes' 3x3 grid (presets.py).
 IMAGE_SIZE = 48
 
@@ -234,6 +241,56 @@ def _show_summaries(rows: list[dict[str, Any]]) -> None:
 SYSTEMS = {"csmcir": (run_csmcir, _CSMCIR_RELOAD, _show_retrievals), "mmaps": (run_mmaps, _MMAPS_RELOAD, _show_summaries)}
 
 
+def run_system(name: str, root: Path, budget: DemoBudget, seed: int) -> dict[str, Any]:
+    """Train, evaluate and publish one system, then reload its folder in a clean process and show a few outputs."""
+    from hub_cards.clean_process import run_in_clean_process
+
+    run, reload_code, show = SYSTEMS[name]
+    system = run(root, budget, seed)
+    _banner(f"{name.upper()} reloaded from {system['folder']} in a fresh process (trust_remote_code, package not importable)")
+    show(run_in_clean_process(
+        reload_code.format(data_dir=str(system["data_dir"]), folder=str(system["folder"]), shown=budget.shown), root
+    ))
+    return system["metrics"]
+
+
+def run_side_system(root: Path, budget: DemoBudget, seed: int, name: str) -> dict[str, Any]:
+    """The side process: one system, its metrics written to ``<root>/<name>_metrics.json`` for the parent."""
+    from hub_cards.atomic_files import write_json_atomically
+
+    metrics = run_system(name, root, budget, seed)
+    write_json_atomically(root / f"{name}_metrics.json", metrics, indent=1)
+    return {name: metrics}
+
+
+def _start_side_process(root: Path, args: argparse.Namespace, name: str) -> tuple[Any, Path, Path, str]:
+    """Start ``python -m examples.demo --only <name> --as_side_process`` on one thread, its output to a log file."""
+    import subprocess
+
+    log_path = root / f"{name}_demo.log"
+    argv = [sys.executable, "-m", "examples.demo", "--only", name, "--as_side_process", "--seed", str(args.seed),
+            "--output_dir", str(root), *(["--quick"] if args.quick else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by _finish_side_process
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=str(Path(__file__).resolve().parents[1]))
+    log.close()  # the child holds its own descriptor
+    print(f"[demo] {name.upper()} runs side by side in process {process.pid} (one thread); its log: {log_path}",
+          flush=True)
+    return process, log_path, root / f"{name}_metrics.json", name
+
+
+def _finish_side_process(process: Any, log_path: Path, metrics_path: Path, name: str) -> dict[str, Any]:
+    """Wait for the side process, print its log, and return its metrics (a failed child fails the demo)."""
+    status = process.wait()
+    print(log_path.read_text(encoding="utf-8"), end="", flush=True)
+    if status != 0 or not metrics_path.is_file():
+        raise RuntimeError(f"the {name.upper()} part of the demo failed (exit status {status}); its log: {log_path}")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics_path.unlink()
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the main job; returns the metrics of both models."""
     parser = argparse.ArgumentParser(description="Train, evaluate, publish and reload CSMCIR and MMAPS on synthetic data.")
@@ -241,9 +298,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a smoke run in about a minute (tiny budgets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["csmcir", "mmaps"], help="run one system only")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run the two systems one after the other (default: side by side, one core each, "
+                             "when the machine has two or more)")
+    parser.add_argument("--as_side_process", action="store_true", help=argparse.SUPPRESS)  # set for the MMAPS child
     args = parser.parse_args(argv)
     from hub_cards.atomic_files import write_json_atomically
-    from hub_cards.clean_process import run_in_clean_process
     from hub_cards.console import quiet_progress_bars_unless_terminal
 
     quiet_progress_bars_unless_terminal()   # a log file gets no tqdm updates (as every console script)
@@ -251,6 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     budget = QUICK if args.quick else FULL
     root = Path(args.output_dir).resolve()
+    if args.as_side_process:  # the parent cleaned the folder and writes demo_results.json
+        return run_side_system(root, budget, args.seed, args.only)
     if root.exists():
         shutil.rmtree(root / "data", ignore_errors=True)
         if args.only in (None, "csmcir"):
@@ -260,17 +322,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {}
+    names = [name for name in ("csmcir", "mmaps") if args.only in (None, name)]
+    side = None
+    if len(names) == 2 and not args.sequential and (os.cpu_count() or 1) >= 2:
+        # The two systems are independent: MMAPS runs in a child process on one core while CSMCIR runs here on the
+        # rest (each trainer is sequential at these sizes, so two cores do two jobs instead of one split in two).
+        side = _start_side_process(root, args, "mmaps")
+        torch_threads = max(1, (os.cpu_count() or 2) - 1)
+        import torch
 
-    for name in ("csmcir", "mmaps"):
-        if args.only not in (None, name):
-            continue
-        run, reload_code, show = SYSTEMS[name]
-        system = run(root, budget, args.seed)
-        _banner(f"{name.upper()} reloaded from {system['folder']} in a fresh process (trust_remote_code, package not importable)")
-        show(run_in_clean_process(
-            reload_code.format(data_dir=str(system["data_dir"]), folder=str(system["folder"]), shown=budget.shown), root
-        ))
-        results[name] = system["metrics"]
+        torch.set_num_threads(torch_threads)
+        names = ["csmcir"]
+    try:
+        for name in names:
+            results[name] = run_system(name, root, budget, args.seed)
+    except BaseException:
+        if side is not None:  # no orphan left training after a failure or Ctrl-C here
+            side[0].kill()
+            side[0].wait()
+        raise
+    if side is not None:
+        results["mmaps"] = _finish_side_process(*side)
 
     _banner(f"Done in {time.perf_counter() - started:.0f} s. Hub-ready folders under {root}")
     for system, metrics in results.items():
