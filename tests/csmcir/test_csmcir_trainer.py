@@ -8,12 +8,14 @@ kill and torchrun tests start in a child process.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -257,12 +259,18 @@ def test_two_gloo_processes_hold_identical_banks(tmp_path):
     with socket.socket() as probe:  # torchrun's static rendezvous hangs with --master_port=0: pick a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", __file__,
-         "worker", str(tmp_path), "5"],
-        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", __file__,
+               "worker", str(tmp_path), "5"]
+    result = subprocess.run(command, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=400)
+    if result.returncode != 0 and WORKER_STALLED in result.stderr:
+        # Seen once in CI at load ~5 (a rank stalled after its last step, before the Trainer's end-of-training
+        # collectives); never reproduced alone or two at a time. The workers dump every thread's stack when they
+        # stall, so a repeat shows where; one rerun from a clean folder separates that from a wrong result.
+        warnings.warn(f"two-process run stalled; rerunning once. Stacks:\n{result.stderr[-6000:]}")
+        shutil.rmtree(tmp_path)
+        tmp_path.mkdir()
+        result = subprocess.run(command, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-6000:]
     banks = [load_file(str(tmp_path / f"bank_rank{rank}.safetensors")) for rank in (0, 1)]
     assert_same_bank(banks[0], banks[1])
     # Both ranks' targets went in: one rank alone enqueues at most 5 steps x 4 = 20 rows.
@@ -445,8 +453,15 @@ def test_csmcir_train_cli_trains_saves_evaluates_and_resumes(tmp_path):
         train_main(["--dataset", "cirr", "--data_dir", str(root), "--output_dir", str(out)])
 
 
+#: faulthandler's header when a worker runs past its time limit (it then dumps every thread's stack and exits).
+WORKER_STALLED = "Timeout (0:02:30)!"
+
+
 def worker(output_dir: str, max_steps: int) -> None:
     """Train in this process (one rank under torchrun); save this rank's bank when done."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(150, exit=True)  # a stalled rank says where, instead of hanging the test
     trainer = run_training(output_dir, max_steps, dataloader_num_workers=0)
     rank = trainer.accelerator.process_index
     save_file(trainer.memory_bank.state_dict(), os.path.join(output_dir, f"bank_rank{rank}.safetensors"))
