@@ -236,8 +236,7 @@ def train_cached(
         model = copy.deepcopy(initial_model)
         model.temperature.requires_grad_(True)
     if settings.freeze_vision:
-        model.config.freeze_vision = True
-        model.vision_model.requires_grad_(False)
+        model.set_vision_frozen(True)
     collator = CachedCIRCollator(train, settings.use_target_captions)
     args = CSMCIRTrainingArguments(
         output_dir=settings.output_dir, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,

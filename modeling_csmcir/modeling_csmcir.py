@@ -353,7 +353,14 @@ class CSMCIRModel(CSMCIRPreTrainedModel):
         self.target_tower = None if config.share_qformer else CSMCIRQFormerTower(config)
         self.post_init()
         if config.freeze_vision:
-            self.vision_model.requires_grad_(False)
+            self.set_vision_frozen(True)
+
+    def set_vision_frozen(self, frozen: bool = True) -> None:
+        """Freeze (BLIP-2 / SPRC fine-tuning) or unfreeze the vision tower: sets `config.freeze_vision` (saved with
+        the model), the tower's `requires_grad`, and its mode (a frozen tower stays in eval mode, see `train`)."""
+        self.config.freeze_vision = bool(frozen)
+        self.vision_model.requires_grad_(not frozen)
+        self.train(self.training)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.word_embeddings

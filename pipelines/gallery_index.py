@@ -915,10 +915,8 @@ class GalleryIndex:
             raise
         for pending_path, final_path in pending:
             os.replace(pending_path, final_path)
-        if not faiss_files:
-            for name in (FAISS_FILE, IVFDATA_FILE):
-                if os.path.exists(os.path.join(path, name)):
-                    os.remove(os.path.join(path, name))  # an earlier save's, not these rows'
+        if not faiss_files:  # an earlier save's faiss files, not these rows'
+            _remove_files([os.path.join(path, FAISS_FILE), os.path.join(path, IVFDATA_FILE)])
         return cls.load(path, mmap=True, verify=False)  # written and digested just now
 
     def _merge_faiss(self, shards: Sequence[GalleryIndex]) -> None:

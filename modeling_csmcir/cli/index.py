@@ -268,6 +268,7 @@ def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None
     different storage dtypes), ids that are not the gallery's (``records``, when given) in order. On success the
     index is saved (``GalleryIndex.save``: atomic) and the parts folder removed.
     """
+    from hub_cards.atomic_files import atomic_directory
     from pipelines.gallery_index import GalleryIndex
 
     folder = parts_dir(output_dir)
@@ -285,34 +286,31 @@ def merge_parts(output_dir: str | os.PathLike, records: list[ImageRecord] | None
             f"{folder}: {len(missing)} of {num_parts} part(s) not built yet ({', '.join(missing[:3])}"
             f"{' ...' if len(missing) > 3 else ''}); run (or rerun) the processes that build them, then merge"
         )
-    staged = output_dir.with_name(output_dir.name + ".merging")
-    try:
-        if on_disk:
-            if staged.exists():  # a merge killed mid-way: start it again
-                shutil.rmtree(staged)
-            merged = GalleryIndex.merge_on_disk([folder / name for name in names], staged)
-        else:
-            merged = GalleryIndex.merge([GalleryIndex.load(folder / name) for name in names])
-    except ValueError as error:
-        text = str(error)
-        for position, name in enumerate(names):
-            text = text.replace(f"shard {position}", f"part {name}")
-        raise ValueError(f"{folder}: {text}") from None
-    if records is not None and merged.ids != [r.name for r in records]:
-        raise ValueError(f"{folder}: the parts' ids are not the gallery's images in order; delete {folder} and rerun")
+
+    def join(destination: Path | None) -> GalleryIndex:
+        try:
+            if destination is None:
+                return GalleryIndex.merge([GalleryIndex.load(folder / name) for name in names])
+            return GalleryIndex.merge_on_disk([folder / name for name in names], destination)
+        except ValueError as error:
+            text = str(error)
+            for position, name in enumerate(names):
+                text = text.replace(f"shard {position}", f"part {name}")
+            raise ValueError(f"{folder}: {text}") from None
+
+    def check_ids(merged: GalleryIndex) -> None:
+        if records is not None and merged.ids != [r.name for r in records]:
+            raise ValueError(f"{folder}: the parts' ids are not the gallery's images in order; delete {folder} and rerun")
+
     if on_disk:
-        # merge_on_disk wrote a complete folder beside the output: swap it in whole (files of an older index at
-        # output_dir go with the old folder), then reopen it mapped where it now lives.
-        if output_dir.exists():
-            old = output_dir.with_name(output_dir.name + ".replaced")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(output_dir, old)
-            os.replace(staged, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(staged, output_dir)
+        # Written block by block into a staging folder that replaces output_dir whole (atomic_directory), then
+        # reopened mapped where it now lives.
+        with atomic_directory(output_dir) as staging:
+            check_ids(join(staging))
         merged = GalleryIndex.load(output_dir, mmap=True, verify=False)
     else:
+        merged = join(None)
+        check_ids(merged)
         merged.save(output_dir)
     shutil.rmtree(folder)
     return merged

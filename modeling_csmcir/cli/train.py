@@ -188,8 +188,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments,
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args)
     if model_args.freeze_vision is not None:
-        model.config.freeze_vision = model_args.freeze_vision
-        model.vision_model.requires_grad_(not model_args.freeze_vision)
+        model.set_vision_frozen(model_args.freeze_vision)
     use_captions = data_args.use_target_captions
     if use_captions is None:
         use_captions = data_args.captions is not None
